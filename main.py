@@ -1,0 +1,135 @@
+"""Train or test Learning Not to Learn on Colored-MNIST.
+
+    python main.py --phase=train --method=baseline --color_var=0.020
+    python main.py --phase=train --method=lntl --color_var=0.020 \
+        --init_checkpoint=checkpoints/baseline_var0.020
+    python main.py --phase=test --method=lntl --color_var=0.020
+
+Every flag's default is in `python main.py --helpfull`; README.md explains them.
+"""
+
+import os
+import sys
+
+# TensorFlow's start-up chatter hides the run's own lines; silence it unless asked.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+import data_loader  # noqa: E402
+import model  # noqa: E402
+import utils  # noqa: E402
+
+flags.DEFINE_enum("phase", "train", ["train", "test"], "train, or test a checkpoint.")
+flags.DEFINE_enum("method", "lntl", ["baseline", "lntl", "gray", "blindeye"],
+                  "baseline: label loss only; lntl: Learning Not to Learn; gray: baseline on "
+                  "grey digits; blindeye: Alvi et al. 2018 confusion loss.")
+flags.DEFINE_float("color_var", 0.020, "Colour variance sigma^2 of Colored-MNIST (0..1 scale).")
+flags.DEFINE_string("data_dir", "./data", "Folder of the Colored-MNIST .npy files (read, or "
+                    "generated and cached there).")
+flags.DEFINE_string("mnist_dir", None, "Folder with the four MNIST IDX files. Default: "
+                    "$LNTL_MNIST_DIR, else ./data/mnist, else downloaded there.")
+flags.DEFINE_string("log_dir", "./logs", "TensorBoard logs go to <log_dir>/<exp_name>/.")
+flags.DEFINE_string("checkpoint_dir", "./checkpoints",
+                    "Checkpoints go to <checkpoint_dir>/<exp_name>/.")
+flags.DEFINE_string("exp_name", "", "Experiment name. Default: <method>_var<color_var>.")
+flags.DEFINE_string("checkpoint", "", "Test phase: checkpoint prefix or folder to test. "
+                    "Default: the latest in <checkpoint_dir>/<exp_name>/.")
+flags.DEFINE_string("init_checkpoint", "", "Start f and g from this checkpoint (prefix or "
+                    "folder), e.g. a trained baseline, as the authors do for unlearning.")
+flags.DEFINE_integer("max_epoch", 100, "Number of training epochs.")
+flags.DEFINE_integer("batch_size", 128, "Training batch size.")
+flags.DEFINE_integer("eval_batch_size", 1000, "Evaluation batch size (speed only).")
+flags.DEFINE_float("lr", None, "Learning rate. Default: 0.01 for baseline and gray, "
+                   "0.001 for lntl and blindeye.")
+flags.DEFINE_float("lr_decay_rate", 0.1, "Learning rate multiplied by this ...")
+flags.DEFINE_integer("lr_decay_epochs", 40, "... every this many epochs.")
+flags.DEFINE_float("weight_decay", 5e-4, "L2 weight decay on convolution and dense kernels.")
+flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+flags.DEFINE_float("loss_lambda", 0.01, "Weight of the entropy (mutual-information) loss "
+                   "for lntl, of the confusion loss for blindeye.")
+flags.DEFINE_float("loss_mu", 1.0, "Weight of the bias-prediction loss.")
+flags.DEFINE_float("grl_scale", 0.1, "Gradient reversal: f receives -grl_scale x the bias "
+                   "loss gradient.")
+flags.DEFINE_integer("seed", 0, "Seed of weight initialisation and batch order.")
+flags.DEFINE_integer("data_seed", 0, "Seed of the colours when Colored-MNIST is generated.")
+flags.DEFINE_integer("max_train_samples", None, "Use only the first N training images "
+                     "(quick runs). Default: all.")
+flags.DEFINE_integer("max_test_samples", None, "Use only the first N test images. "
+                     "Default: all.")
+flags.DEFINE_integer("summary_every", 50, "Write training scalars every N steps.")
+flags.DEFINE_integer("keep_checkpoints", 3, "How many recent checkpoints to keep.")
+flags.DEFINE_integer("threads", 0, "TensorFlow intra- and inter-op threads; 0 lets "
+                     "TensorFlow choose.")
+
+FLAGS = flags.FLAGS
+
+# Errors the user can act on: one line, no traceback.
+USER_ERRORS = (data_loader.DataError, model.CheckpointError, model.TrainingDiverged,
+               utils.ExperimentBusy, ValueError)
+
+
+def _require_positive(name):
+    flags.register_validator(name, lambda value: value is None or value > 0,
+                             message=f"--{name} must be positive")
+
+
+for _name in ("color_var", "max_epoch", "batch_size", "eval_batch_size", "lr",
+              "lr_decay_epochs", "max_train_samples", "max_test_samples", "summary_every",
+              "keep_checkpoints"):
+    _require_positive(_name)
+for _name in ("lr_decay_rate", "weight_decay", "momentum", "loss_lambda", "loss_mu",
+              "grl_scale", "threads"):
+    flags.register_validator(_name, lambda value: value >= 0,
+                             message=f"--{_name} must not be negative")
+flags.register_validator("color_var", lambda value: value <= 1.0,
+                         message="--color_var is a variance on the 0..1 colour scale: "
+                         "expected at most 1 (the paper uses 0.020 to 0.050)")
+
+
+def config_from_flags():
+    fields = model.Config.__dataclass_fields__
+    return model.Config(**{name: FLAGS[name].value for name in fields})
+
+
+def load_data(config):
+    splits = data_loader.load_splits(
+        config.color_var, data_dir=config.data_dir, mnist_dir=config.mnist_dir,
+        seed=config.data_seed, gray=(config.method == "gray"),
+        max_train=config.max_train_samples, max_test=config.max_test_samples)
+    if config.batch_size > len(splits["train"]):
+        raise ValueError(f"--batch_size={config.batch_size} is larger than the "
+                         f"{len(splits['train'])} training images")
+    return splits
+
+
+def print_test_report(results):
+    print(f"checkpoint {results['checkpoint']} (epoch {results['epoch']}, "
+          f"step {results['step']})")
+    names = {"test": "unbiased test", "test_biased": "biased test", "test_gray": "grey test"}
+    for key, label in names.items():
+        result = results[key]
+        per_class = " ".join(f"{a:.2f}" for a in result["per_class_accuracy"])
+        print(f"{label:14s} accuracy {result['accuracy']:.4f}  per class [{per_class}]  "
+              f"({result['num_samples']} images)")
+    print(f"wrote test_results.json and confusion_matrix.png to "
+          f"{os.path.dirname(results['checkpoint'])}")
+
+
+def main(argv):
+    del argv
+    config = config_from_flags()
+    try:
+        splits = load_data(config)
+        trainer = model.LNTLModel(config)
+        if FLAGS.phase == "train":
+            return trainer.train(splits)
+        print_test_report(trainer.test(splits, FLAGS.checkpoint))
+        return 0
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,593 @@
+"""The Learning-Not-to-Learn graph and the sessions that train and test it.
+
+One static TF1 graph holds the feature extractor f, the label classifier g and
+the three colour (bias) predictors h_r, h_g, h_b of Kim et al., CVPR 2019. Every
+method of the paper's table is built by the same code:
+
+    baseline  f and g minimise the label cross-entropy.
+    gray      the same, trained and tested on grey digits (the data differ).
+    lntl      per iteration, on one batch: (1) f and g minimise the label loss
+              plus lambda x the negative entropy of h's prediction, h fixed;
+              (2) a fresh pass of f, through a gradient reversal, into h: the
+              bias loss trains h to read the colour and, reversed, f to hide it.
+    blindeye  (1) f and g minimise the label loss plus lambda x the cross-entropy
+              of h's prediction to the uniform distribution; (2) h learns the
+              colour from detached features.
+
+`LNTLModel` builds the graph and runs the train and test loops.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+import data_loader
+import ops
+import utils
+
+tf1 = tf.compat.v1
+
+METHODS = ("baseline", "lntl", "gray", "blindeye")
+CHANNELS = ("r", "g", "b")
+NUM_CLASSES = 10
+NUM_BINS = 8
+DEFAULT_LR = {"baseline": 0.01, "gray": 0.01, "lntl": 0.001, "blindeye": 0.001}
+
+
+@dataclasses.dataclass
+class Config:
+    """Everything a run needs; main.py fills it from the command line."""
+
+    method: str = "lntl"
+    color_var: float = 0.020
+    data_dir: str = "./data"
+    mnist_dir: str = None
+    log_dir: str = "./logs"
+    checkpoint_dir: str = "./checkpoints"
+    exp_name: str = ""
+    max_epoch: int = 100
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    lr: float = None
+    lr_decay_rate: float = 0.1
+    lr_decay_epochs: int = 40
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    loss_lambda: float = 0.01
+    loss_mu: float = 1.0
+    grl_scale: float = 0.1
+    seed: int = 0
+    data_seed: int = 0
+    init_checkpoint: str = ""
+    max_train_samples: int = None
+    max_test_samples: int = None
+    summary_every: int = 50
+    keep_checkpoints: int = 3
+    threads: int = 0
+
+    def __post_init__(self):
+        if self.lr is None:
+            self.lr = DEFAULT_LR.get(self.method, 0.001)
+        if not self.exp_name:
+            self.exp_name = f"{self.method}_var{self.color_var:.3f}"
+
+    @property
+    def run_checkpoint_dir(self):
+        return os.path.join(self.checkpoint_dir, self.exp_name)
+
+    @property
+    def run_log_dir(self):
+        return os.path.join(self.log_dir, self.exp_name)
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, damaged or belongs to another kind of run."""
+
+
+# ----------------------------------------------------------------------------
+# The networks
+
+
+def normalize(images):
+    """uint8 images (N, 28, 28, 3) -> float32, per-channel standardised.
+
+    Done in the graph so that the feed carries uint8, a quarter of the bytes.
+    """
+    scaled = tf.cast(images, tf.float32) / 255.0
+    return (scaled - data_loader.MEAN) / data_loader.STD
+
+
+def feature_extractor(images, training):
+    """f: the 14x14x32 feature map that both g and h see."""
+    with tf1.variable_scope("f", reuse=tf1.AUTO_REUSE, use_resource=True):
+        x = ops.batch_norm(images, training, name="input_bn")
+        x = ops.relu(ops.conv2d(x, 32, 5, name="conv1"))
+        x = ops.max_pool(x, 3, 2)
+        return ops.relu(ops.conv2d(x, 32, 3, name="conv2"))
+
+
+def label_classifier(feature_map):
+    """g: digit logits (N, 10) from f's feature map."""
+    with tf1.variable_scope("g", reuse=tf1.AUTO_REUSE, use_resource=True):
+        x = ops.relu(ops.conv2d(feature_map, 64, 3, stride=2, name="conv1"))
+        x = ops.relu(ops.conv2d(x, 64, 3, name="conv2"))
+        return ops.dense(ops.global_avg_pool(x), NUM_CLASSES, name="fc")
+
+
+def bias_predictor(feature_map, channel, training):
+    """h_<channel>: per-position logits (N, 14, 14, 8) over the channel's 8 colour bins."""
+    with tf1.variable_scope("h_" + channel, reuse=tf1.AUTO_REUSE, use_resource=True):
+        x = ops.conv2d(feature_map, 32, 3, name="conv1")
+        x = ops.relu(ops.batch_norm(x, training, name="bn"))
+        return ops.conv2d(x, NUM_BINS, 3, name="conv2")
+
+
+def bias_predictors(feature_map, training):
+    return [bias_predictor(feature_map, channel, training) for channel in CHANNELS]
+
+
+def network_variables(scope, graph=None):
+    """All variables of one network (trainable and moving averages)."""
+    graph = graph or tf1.get_default_graph()
+    return graph.get_collection(tf1.GraphKeys.GLOBAL_VARIABLES, scope=scope + "/")
+
+
+def trainable_variables(*scopes):
+    return [v for scope in scopes
+            for v in tf1.get_collection(tf1.GraphKeys.TRAINABLE_VARIABLES, scope=scope + "/")]
+
+
+def bias_scopes():
+    return ["h_" + channel for channel in CHANNELS]
+
+
+# ----------------------------------------------------------------------------
+# The graph
+
+
+class LNTLModel:
+    """Builds the graph for one method and runs its train and test sessions."""
+
+    def __init__(self, config):
+        self.config = config
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            tf1.set_random_seed(config.seed)
+            self._build_inputs()
+            self._build_schedule()
+            self._build_train_ops()
+            self._build_eval()
+            self._build_summaries()
+            self.saver = tf1.train.Saver(max_to_keep=config.keep_checkpoints)
+            self.best_saver = tf1.train.Saver(max_to_keep=1)
+            self.init_op = tf1.global_variables_initializer()
+        self.graph.finalize()
+        self.sess = None
+
+    def _build_inputs(self):
+        self.images = tf1.placeholder(tf.uint8, [None, 28, 28, 3], name="images")
+        self.labels = tf1.placeholder(tf.int32, [None], name="labels")
+        self.bias_labels = tf1.placeholder(tf.int8, [None, 14, 14, 3], name="bias_labels")
+        self.inputs = normalize(self.images)
+        # One target map per channel, (N, 14, 14) each, with IGNORE_LABEL on background.
+        self.bias_targets = tf.unstack(tf.cast(self.bias_labels, tf.int32), axis=-1)
+
+    def _build_schedule(self):
+        """Epoch and step live in the graph so that a checkpoint carries them."""
+        cfg = self.config
+        self.global_step = tf1.train.get_or_create_global_step()
+        self.epoch = tf1.get_variable(
+            "epoch", [], tf.int64, tf1.zeros_initializer(), trainable=False, use_resource=True)
+        self.next_epoch = tf1.assign_add(self.epoch, 1)
+        decays = tf.cast(self.epoch // cfg.lr_decay_epochs, tf.float32)
+        self.learning_rate = cfg.lr * tf.pow(cfg.lr_decay_rate, decays)
+        # One optimizer, so f shares its momentum between the two updates of LNTL.
+        self.optimizer = tf1.train.MomentumOptimizer(self.learning_rate, cfg.momentum)
+
+    def _minimize(self, loss, scopes, pass_scope, global_step=None):
+        """Momentum SGD on the variables of `scopes`, with weight decay on their kernels.
+
+        The batch-norm statistics that change with this step are those of the same
+        networks in the forward pass built under `pass_scope`: a step changes
+        nothing outside the networks it trains.
+        """
+        variables = trainable_variables(*scopes)
+        names = {v.name for v in variables}
+        kernels = [v for v in tf1.get_collection(ops.WEIGHTS) if v.name in names]
+        decay = self.config.weight_decay * tf.add_n([tf.nn.l2_loss(k) for k in kernels])
+        gradients = tf.gradients(loss + decay, variables)
+        bn_updates = [update for scope in scopes for update in tf1.get_collection(
+            tf1.GraphKeys.UPDATE_OPS, pass_scope + scope + "/")]
+        with tf.control_dependencies(bn_updates):
+            return self.optimizer.apply_gradients(zip(gradients, variables), global_step)
+
+    def _build_train_ops(self):
+        """`self.train_steps`: the updates of one iteration, run in order on one batch.
+
+        Each step's losses are in the matching dict of `self.step_losses`.
+        """
+        method = self.config.method
+        with tf.name_scope("label_pass") as pass_scope:
+            feature_map = feature_extractor(self.inputs, training=True)
+            logits = label_classifier(feature_map)
+            label_loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=self.labels, logits=logits))
+            self.train_correct = tf.reduce_sum(tf.cast(
+                tf.equal(tf.argmax(logits, -1, output_type=tf.int32), self.labels), tf.int32))
+            if method in ("baseline", "gray"):
+                label_step = self._minimize(label_loss, ["f", "g"], pass_scope,
+                                            self.global_step)
+                self.train_steps = [label_step]
+                self.step_losses = [{"label_loss": label_loss}]
+                return
+            bias_logits = bias_predictors(feature_map, training=True)
+
+        if method == "lntl":
+            self._build_lntl(label_loss, bias_logits, pass_scope)
+        else:
+            self._build_blindeye(label_loss, bias_logits, pass_scope)
+
+    def _bias_loss(self, bias_logits):
+        """Sum over r, g, b of the masked cross-entropy against the colour bins."""
+        return tf.add_n([ops.masked_cross_entropy(logits, targets, data_loader.IGNORE_LABEL)
+                         for logits, targets in zip(bias_logits, self.bias_targets)])
+
+    def _build_lntl(self, label_loss, bias_logits, label_pass_scope):
+        cfg = self.config
+        mi_loss = tf.add_n([ops.negative_entropy(l) for l in bias_logits]) / len(bias_logits)
+        label_step = self._minimize(label_loss + cfg.loss_lambda * mi_loss, ["f", "g"],
+                                    label_pass_scope)
+
+        # A fresh forward pass: it runs after label_step and sees the f it wrote.
+        with tf.name_scope("bias_pass") as pass_scope:
+            feature_map = feature_extractor(self.inputs, training=True)
+            reversed_map = ops.gradient_reversal(feature_map, cfg.grl_scale)
+            bias_loss = self._bias_loss(bias_predictors(reversed_map, training=True))
+            bias_step = self._minimize(cfg.loss_mu * bias_loss, ["f"] + bias_scopes(),
+                                       pass_scope, self.global_step)
+        self.train_steps = [label_step, bias_step]
+        self.step_losses = [{"label_loss": label_loss, "mi_loss": mi_loss},
+                            {"bias_loss": bias_loss}]
+
+    def _build_blindeye(self, label_loss, bias_logits, label_pass_scope):
+        cfg = self.config
+        confusion = tf.add_n([ops.uniform_cross_entropy(l) for l in bias_logits])
+        confusion /= len(bias_logits)
+        label_step = self._minimize(label_loss + cfg.loss_lambda * confusion, ["f", "g"],
+                                    label_pass_scope)
+
+        with tf.name_scope("bias_pass") as pass_scope:
+            feature_map = tf.stop_gradient(feature_extractor(self.inputs, training=True))
+            bias_loss = self._bias_loss(bias_predictors(feature_map, training=True))
+            bias_step = self._minimize(cfg.loss_mu * bias_loss, bias_scopes(), pass_scope,
+                                       self.global_step)
+        self.train_steps = [label_step, bias_step]
+        self.step_losses = [{"label_loss": label_loss, "confusion_loss": confusion},
+                            {"bias_loss": bias_loss}]
+
+    @property
+    def loss_names(self):
+        return [name for losses in self.step_losses for name in losses]
+
+    def _build_eval(self):
+        """Inference with moving batch-norm statistics: digit and colour-bin predictions."""
+        with tf.name_scope("eval"):
+            feature_map = feature_extractor(self.inputs, training=False)
+            self.predictions = tf.argmax(label_classifier(feature_map), -1, output_type=tf.int32)
+            bias_logits = bias_predictors(feature_map, training=False)
+            self.bias_predictions = tf.stack(
+                [tf.argmax(l, -1, output_type=tf.int32) for l in bias_logits], axis=-1)
+
+    def _build_summaries(self):
+        colour_maps = tf.concat([
+            tf.cast(self.images, tf.float32) / 255.0,
+            _bin_map_to_image(tf.cast(self.bias_labels, tf.int32)),
+            _bin_map_to_image(self.bias_predictions),
+        ], axis=2)
+        self.image_summary = tf1.summary.image(
+            "test/input_true-colour-bins_predicted-colour-bins", colour_maps, max_outputs=8)
+        self.confusion_png = tf1.placeholder(tf.string, [], name="confusion_png")
+        confusion_image = tf.expand_dims(tf.image.decode_png(self.confusion_png, channels=3), 0)
+        self.confusion_summary = tf1.summary.image("test/confusion_matrix", confusion_image)
+
+    # ------------------------------------------------------------------------
+    # Sessions
+
+    def _session(self):
+        if self.sess is None:
+            threads = self.config.threads
+            session_config = tf1.ConfigProto(
+                intra_op_parallelism_threads=threads, inter_op_parallelism_threads=threads)
+            self.sess = tf1.Session(graph=self.graph, config=session_config)
+        return self.sess
+
+    def close(self):
+        if self.sess is not None:
+            self.sess.close()
+            self.sess = None
+
+    def feed(self, batch):
+        images, labels, bias_labels = batch
+        return {self.images: images, self.labels: labels, self.bias_labels: bias_labels}
+
+    def restore_or_initialize(self):
+        """Resume from the latest checkpoint of this run, else start afresh.
+
+        Returns the checkpoint path restored, or None.
+        """
+        sess = self._session()
+        path = tf1.train.latest_checkpoint(self.config.run_checkpoint_dir)
+        if path is not None:
+            self.restore(path)
+            return path
+        sess.run(self.init_op)
+        if self.config.init_checkpoint:
+            self._warm_start(self.config.init_checkpoint)
+        return None
+
+    def restore(self, path):
+        _check_checkpoint_matches(path, self.graph)
+        try:
+            self.saver.restore(self._session(), path)
+        except (tf.errors.OpError, ValueError) as error:
+            raise CheckpointError(f"cannot restore checkpoint {path}: {_first_line(error)}")
+
+    def _warm_start(self, init_checkpoint):
+        """Load f and g (weights and batch-norm statistics) from a trained checkpoint."""
+        path = resolve_checkpoint(init_checkpoint)
+        variables = network_variables("f", self.graph) + network_variables("g", self.graph)
+        _check_checkpoint_matches(path, self.graph, variables)
+        tf1.train.Saver(variables).restore(self.sess, path)
+        print(f"Started f and g from {path}")
+
+    def train_step(self, batch):
+        """One iteration: every update of the method, in order, on the same batch.
+
+        Returns the losses by name and the number of correct label predictions.
+        """
+        feed = self.feed(batch)
+        losses = {}
+        _, correct, first_losses = self.sess.run(
+            [self.train_steps[0], self.train_correct, self.step_losses[0]], feed)
+        losses.update(first_losses)
+        for step, step_losses in zip(self.train_steps[1:], self.step_losses[1:]):
+            losses.update(self.sess.run([step, step_losses], feed)[1])
+        return losses, correct
+
+    def predict(self, split):
+        """Digit and colour-bin predictions for a whole split, in order."""
+        digits, colour_bins = [], []
+        for batch in data_loader.iterate_batches(split, self.config.eval_batch_size):
+            d, c = self.sess.run([self.predictions, self.bias_predictions], self.feed(batch))
+            digits.append(d)
+            colour_bins.append(c)
+        return np.concatenate(digits), np.concatenate(colour_bins)
+
+    def evaluate(self, split):
+        """Accuracy, per-class accuracy, confusion matrix and colour-bin accuracy of a split."""
+        digits, colour_bins = self.predict(split)
+        confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+        np.add.at(confusion, (split.labels, digits), 1)
+        per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
+        scored = split.bias_labels != data_loader.IGNORE_LABEL
+        colour_hits = (colour_bins == split.bias_labels) & scored
+        return {
+            "accuracy": float(confusion.trace() / max(confusion.sum(), 1)),
+            "per_class_accuracy": [float(a) for a in per_class],
+            "confusion_matrix": confusion.tolist(),
+            "colour_bin_accuracy": float(colour_hits.sum() / max(scored.sum(), 1)),
+            "num_samples": int(len(split)),
+        }
+
+    # ------------------------------------------------------------------------
+    # Training
+
+    def train(self, splits):
+        """Train to max_epoch, resuming where a previous run of this experiment stopped."""
+        cfg = self.config
+        train_split, test_split = splits["train"], splits["test"]
+        steps_per_epoch = data_loader.num_batches(len(train_split), cfg.batch_size, True)
+        os.makedirs(cfg.run_checkpoint_dir, exist_ok=True)
+        with utils.ExperimentLock(cfg.run_checkpoint_dir), utils.StopSignals() as stop:
+            resumed = self.restore_or_initialize()
+            utils.write_json_atomic(os.path.join(cfg.run_checkpoint_dir, "config.json"),
+                                    dataclasses.asdict(cfg))
+            epoch, step = self.sess.run([self.epoch, self.global_step])
+            if resumed:
+                print(f"Resumed from {resumed} at epoch {epoch + 1}, step {step}")
+            writers = {name: tf1.summary.FileWriter(os.path.join(cfg.run_log_dir, name))
+                       for name in ("train", "test")}
+            writers["train"].add_graph(self.graph)
+            try:
+                while epoch < cfg.max_epoch and not stop.requested:
+                    skip = step - epoch * steps_per_epoch
+                    stats = self._train_epoch(train_split, epoch, skip, steps_per_epoch,
+                                              writers["train"], stop)
+                    if stop.requested:
+                        break
+                    epoch, step = self.sess.run([self.next_epoch, self.global_step])
+                    self._end_epoch(epoch, step, stats, test_split, writers["test"])
+            finally:
+                for writer in writers.values():
+                    writer.close()
+            if stop.requested:
+                path = self.save()
+                print(f"\nStopped by {stop.signal_name}: saved {path}. "
+                      "Run the same command again to resume.")
+                return stop.exit_code
+        return 0
+
+    def _train_epoch(self, train_split, epoch, skip, steps_per_epoch, writer, stop):
+        cfg = self.config
+        batches = data_loader.iterate_batches(
+            train_split, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,
+            drop_remainder=True, skip_batches=skip)
+        totals = {name: 0.0 for name in self.loss_names}
+        seen, correct, start = 0, 0, time.time()
+        progress = tqdm(batches, total=steps_per_epoch, initial=skip, leave=False,
+                        desc=f"epoch {epoch + 1}/{cfg.max_epoch}", dynamic_ncols=True)
+        for batch in progress:
+            step = epoch * steps_per_epoch + skip + seen // cfg.batch_size
+            losses, batch_correct = self.train_step(batch)
+            _check_finite(losses, step + 1)
+            if step % cfg.summary_every == 0:
+                writer.add_summary(utils.scalar_summary(
+                    {"train/" + name: value for name, value in losses.items()}), step)
+            for name, value in losses.items():
+                totals[name] += value
+            seen += len(batch[1])
+            correct += batch_correct
+            progress.set_postfix(loss=f"{losses['label_loss']:.3f}", refresh=False)
+            if stop.requested:
+                break
+        progress.close()
+        steps = max(seen // cfg.batch_size, 1)
+        stats = {name: total / steps for name, total in totals.items()}
+        stats["train_accuracy"] = correct / max(seen, 1)
+        stats["seconds"] = time.time() - start
+        return stats
+
+    def _end_epoch(self, epoch, step, stats, test_split, writer):
+        """Evaluate, log one line, write TensorBoard, save the epoch's checkpoint."""
+        result = self.evaluate(test_split)
+        learning_rate = self.sess.run(self.learning_rate)
+        values = {"test/accuracy": result["accuracy"],
+                  "test/colour_bin_accuracy": result["colour_bin_accuracy"],
+                  "epoch/train_accuracy": stats["train_accuracy"],
+                  "epoch/seconds": stats["seconds"]}
+        values.update({"epoch/" + name: stats[name] for name in self.loss_names})
+        values["epoch/learning_rate"] = learning_rate
+        writer.add_summary(utils.scalar_summary(values), epoch)
+        sample = next(data_loader.iterate_batches(test_split, 8))
+        writer.add_summary(self.sess.run(self.image_summary, self.feed(sample)), epoch)
+        writer.flush()
+
+        losses = "  ".join(f"{name} {stats[name]:.4f}" for name in self.loss_names)
+        print(f"epoch {epoch:3d}/{self.config.max_epoch}  lr {learning_rate:.2g}  {losses}  "
+              f"train_acc {stats['train_accuracy']:.4f}  test_acc {result['accuracy']:.4f}  "
+              f"colour_acc {result['colour_bin_accuracy']:.4f}  {stats['seconds']:.1f}s",
+              flush=True)
+        self.save()
+        self._save_if_best(result["accuracy"], epoch)
+
+    def save(self):
+        path = os.path.join(self.config.run_checkpoint_dir, "model.ckpt")
+        return self.saver.save(self.sess, path, global_step=self.global_step)
+
+    def _save_if_best(self, accuracy, epoch):
+        """Keep the checkpoint of highest unbiased test accuracy in best/.
+
+        The test set picks it, so its accuracy is optimistic: report the last epoch.
+        """
+        best_dir = os.path.join(self.config.run_checkpoint_dir, "best")
+        record_path = os.path.join(best_dir, "best.json")
+        if os.path.exists(record_path):
+            with open(record_path) as record:
+                if json.load(record)["accuracy"] >= accuracy:
+                    return
+        os.makedirs(best_dir, exist_ok=True)
+        self.best_saver.save(self.sess, os.path.join(best_dir, "model.ckpt"),
+                             global_step=self.global_step)
+        utils.write_json_atomic(record_path, {"accuracy": accuracy, "epoch": int(epoch)})
+
+    # ------------------------------------------------------------------------
+    # Testing
+
+    def test(self, splits, checkpoint=""):
+        """Score a checkpoint on the unbiased, biased and grey test sets.
+
+        Writes test_results.json and confusion_matrix.png beside the checkpoint and
+        the same figures to TensorBoard; returns the results.
+        """
+        path = resolve_checkpoint(checkpoint or self.config.run_checkpoint_dir)
+        self.restore(path)
+        epoch, step = self.sess.run([self.epoch, self.global_step])
+        results = {"checkpoint": path, "method": self.config.method,
+                   "color_var": self.config.color_var, "epoch": int(epoch), "step": int(step)}
+        for name in ("test", "test_biased", "test_gray"):
+            results[name] = self.evaluate(splits[name])
+
+        out_dir = os.path.dirname(path)
+        utils.write_json_atomic(os.path.join(out_dir, "test_results.json"), results)
+        png = utils.confusion_matrix_png(np.array(results["test"]["confusion_matrix"]),
+                                         title=f"{self.config.exp_name}, unbiased test set")
+        utils.write_bytes_atomic(os.path.join(out_dir, "confusion_matrix.png"), png)
+        self._write_test_summaries(results, png, step)
+        return results
+
+    def _write_test_summaries(self, results, png, step):
+        writer = tf1.summary.FileWriter(os.path.join(self.config.run_log_dir, "test_phase"))
+        values = {f"{name}/accuracy": results[name]["accuracy"]
+                  for name in ("test", "test_biased", "test_gray")}
+        writer.add_summary(utils.scalar_summary(values), step)
+        writer.add_summary(self.sess.run(self.confusion_summary, {self.confusion_png: png}),
+                           step)
+        writer.close()
+
+
+# ----------------------------------------------------------------------------
+# Helpers
+
+
+def _bin_map_to_image(bins):
+    """Colour bins (N, 14, 14, 3) -> an RGB picture (N, 28, 28, 3) of each bin's centre.
+
+    Ignored (background) positions are black.
+    """
+    centres = tf.where(bins >= 0, (tf.cast(bins, tf.float32) * 32.0 + 16.0) / 255.0, 0.0)
+    return tf.image.resize(centres, [28, 28], method="nearest")
+
+
+def _check_finite(losses, step):
+    for name, value in losses.items():
+        if not math.isfinite(value):
+            raise TrainingDiverged(
+                f"{name} is {value} at step {step}; stopped without saving, so the last "
+                "checkpoint is the last good one. Try a lower --lr.")
+
+
+def resolve_checkpoint(path):
+    """A checkpoint prefix from a prefix or a folder; CheckpointError if there is none."""
+    if os.path.isdir(path):
+        prefix = tf1.train.latest_checkpoint(path)
+        if prefix is None:
+            raise CheckpointError(f"no checkpoint in {os.path.abspath(path)}: train first "
+                                  "(--phase=train) or pass --checkpoint")
+        return prefix
+    if not os.path.exists(path + ".index"):
+        raise CheckpointError(f"no checkpoint at {path} (expected {path}.index)")
+    return path
+
+
+def _check_checkpoint_matches(path, graph, variables=None):
+    """Every variable must be in the checkpoint with the same shape, else CheckpointError."""
+    try:
+        stored = dict(tf1.train.list_variables(path))
+    except (tf.errors.OpError, ValueError) as error:
+        raise CheckpointError(f"cannot read checkpoint {path}: {_first_line(error)}")
+    if variables is None:
+        variables = graph.get_collection(tf1.GraphKeys.GLOBAL_VARIABLES)
+    for variable in variables:
+        name = variable.op.name
+        if name not in stored:
+            raise CheckpointError(
+                f"checkpoint {path} has no variable {name}: it was written by another "
+                "method or version of the network")
+        if list(stored[name]) != variable.shape.as_list():
+            raise CheckpointError(
+                f"checkpoint {path} stores {name} with shape {stored[name]}, "
+                f"expected {variable.shape.as_list()}")
+
+
+def _first_line(error):
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
