@@ -1,4 +1,4 @@
-"""Train or test Learning Not to Learn on Colored-MNIST.
+r"""Train or test Learning Not to Learn on Colored-MNIST.
 
     python main.py --phase=train --method=baseline --color_var=0.020
     python main.py --phase=train --method=lntl --color_var=0.020 \
@@ -8,17 +8,45 @@
 Every flag's default is in `python main.py --helpfull`; README.md explains them.
 """
 
+import contextlib
 import os
 import sys
 
-# TensorFlow's start-up chatter hides the run's own lines; silence it unless asked.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
+
+@contextlib.contextmanager
+def quiet_stderr(enabled):
+    """Send file descriptor 2 to /dev/null: TensorFlow's C++ start-up lines ignore
+    TF_CPP_MIN_LOG_LEVEL, and they would hide the run's own output."""
+    if not enabled:
+        yield
+        return
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+# Set TF_CPP_MIN_LOG_LEVEL=0 to see TensorFlow's own log lines.
+_QUIET_TF = os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2") != "0"
+with quiet_stderr(_QUIET_TF):
+    import tensorflow as tf
+
+tf.compat.v1.disable_eager_execution()  # a TF1 program: one static graph, run in sessions
 
 import data_loader  # noqa: E402
 import model  # noqa: E402
 import utils  # noqa: E402
+
+# absl.logging defines --log_dir for its own log files, which this program never
+# writes; the name belongs to TensorBoard here, as in the original repository.
+if "log_dir" in flags.FLAGS:
+    delattr(flags.FLAGS, "log_dir")
 
 flags.DEFINE_enum("phase", "train", ["train", "test"], "train, or test a checkpoint.")
 flags.DEFINE_enum("method", "lntl", ["baseline", "lntl", "gray", "blindeye"],
@@ -64,9 +92,14 @@ flags.DEFINE_integer("threads", 0, "TensorFlow intra- and inter-op threads; 0 le
 
 FLAGS = flags.FLAGS
 
+
+class FlagError(ValueError):
+    """Flags that are valid one by one but not together with the data."""
+
+
 # Errors the user can act on: one line, no traceback.
 USER_ERRORS = (data_loader.DataError, model.CheckpointError, model.TrainingDiverged,
-               utils.ExperimentBusy, ValueError)
+               utils.ExperimentBusy, FlagError)
 
 
 def _require_positive(name):
@@ -98,7 +131,7 @@ def load_data(config):
         seed=config.data_seed, gray=(config.method == "gray"),
         max_train=config.max_train_samples, max_test=config.max_test_samples)
     if config.batch_size > len(splits["train"]):
-        raise ValueError(f"--batch_size={config.batch_size} is larger than the "
+        raise FlagError(f"--batch_size={config.batch_size} is larger than the "
                          f"{len(splits['train'])} training images")
     return splits
 

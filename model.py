@@ -244,7 +244,9 @@ class LNTLModel:
 
     def _build_lntl(self, label_loss, bias_logits, label_pass_scope):
         cfg = self.config
-        mi_loss = tf.add_n([ops.negative_entropy(l) for l in bias_logits]) / len(bias_logits)
+        # Mean over r, g, b of the negative entropy of h's prediction.
+        mi_loss = tf.add_n([ops.negative_entropy(logits) for logits in bias_logits])
+        mi_loss /= len(bias_logits)
         label_step = self._minimize(label_loss + cfg.loss_lambda * mi_loss, ["f", "g"],
                                     label_pass_scope)
 
@@ -261,7 +263,7 @@ class LNTLModel:
 
     def _build_blindeye(self, label_loss, bias_logits, label_pass_scope):
         cfg = self.config
-        confusion = tf.add_n([ops.uniform_cross_entropy(l) for l in bias_logits])
+        confusion = tf.add_n([ops.uniform_cross_entropy(logits) for logits in bias_logits])
         confusion /= len(bias_logits)
         label_step = self._minimize(label_loss + cfg.loss_lambda * confusion, ["f", "g"],
                                     label_pass_scope)
@@ -286,7 +288,7 @@ class LNTLModel:
             self.predictions = tf.argmax(label_classifier(feature_map), -1, output_type=tf.int32)
             bias_logits = bias_predictors(feature_map, training=False)
             self.bias_predictions = tf.stack(
-                [tf.argmax(l, -1, output_type=tf.int32) for l in bias_logits], axis=-1)
+                [tf.argmax(logits, -1, output_type=tf.int32) for logits in bias_logits], axis=-1)
 
     def _build_summaries(self):
         colour_maps = tf.concat([
@@ -405,8 +407,7 @@ class LNTLModel:
             epoch, step = self.sess.run([self.epoch, self.global_step])
             if resumed:
                 print(f"Resumed from {resumed} at epoch {epoch + 1}, step {step}")
-            writers = {name: tf1.summary.FileWriter(os.path.join(cfg.run_log_dir, name))
-                       for name in ("train", "test")}
+            writers = {name: self._summary_writer(name) for name in ("train", "test")}
             writers["train"].add_graph(self.graph)
             try:
                 while epoch < cfg.max_epoch and not stop.requested:
@@ -480,6 +481,10 @@ class LNTLModel:
         self.save()
         self._save_if_best(result["accuracy"], epoch)
 
+    def _summary_writer(self, name):
+        with self.graph.as_default():  # FileWriter refuses to work in eager mode
+            return tf1.summary.FileWriter(os.path.join(self.config.run_log_dir, name))
+
     def save(self):
         path = os.path.join(self.config.run_checkpoint_dir, "model.ckpt")
         return self.saver.save(self.sess, path, global_step=self.global_step)
@@ -526,7 +531,7 @@ class LNTLModel:
         return results
 
     def _write_test_summaries(self, results, png, step):
-        writer = tf1.summary.FileWriter(os.path.join(self.config.run_log_dir, "test_phase"))
+        writer = self._summary_writer("test_phase")
         values = {f"{name}/accuracy": results[name]["accuracy"]
                   for name in ("test", "test_biased", "test_gray")}
         writer.add_summary(utils.scalar_summary(values), step)
@@ -558,15 +563,15 @@ def _check_finite(losses, step):
 
 def resolve_checkpoint(path):
     """A checkpoint prefix from a prefix or a folder; CheckpointError if there is none."""
-    if os.path.isdir(path):
-        prefix = tf1.train.latest_checkpoint(path)
-        if prefix is None:
-            raise CheckpointError(f"no checkpoint in {os.path.abspath(path)}: train first "
-                                  "(--phase=train) or pass --checkpoint")
-        return prefix
-    if not os.path.exists(path + ".index"):
-        raise CheckpointError(f"no checkpoint at {path} (expected {path}.index)")
-    return path
+    if os.path.exists(path + ".index"):
+        return path
+    prefix = tf1.train.latest_checkpoint(path) if os.path.isdir(path) else None
+    if prefix is None:
+        raise CheckpointError(
+            f"no checkpoint in {os.path.abspath(path)} (expected a folder holding a "
+            "'checkpoint' file, or a prefix such as model.ckpt-468): train first with "
+            "--phase=train, or pass --checkpoint")
+    return prefix
 
 
 def _check_checkpoint_matches(path, graph, variables=None):

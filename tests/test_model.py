@@ -78,7 +78,8 @@ def test_bias_step_gradient_reaches_f_reversed_and_scaled(tmp_path, batch):
     deltas = {}
     for scale in (0.1, -0.2):
         trainer = build("lntl", tmp_path / str(scale), grl_scale=scale, weight_decay=0.0)
-        kernel = [v for v in model.network_variables("f", trainer.graph) if v.op.name == "f/conv2/kernel"][0]
+        [kernel] = [v for v in model.network_variables("f", trainer.graph)
+                    if v.op.name == "f/conv2/kernel"]
         before = trainer.sess.run(kernel)
         run_alone(trainer, 1, batch)
         deltas[scale] = trainer.sess.run(kernel) - before
