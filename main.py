@@ -38,6 +38,8 @@ with quiet_stderr(_QUIET_TF):
     import tensorflow as tf
 
 tf.compat.v1.disable_eager_execution()  # a TF1 program: one static graph, run in sessions
+if _QUIET_TF:
+    tf.get_logger().setLevel("ERROR")  # e.g. the Saver's deprecation notes on every save
 
 import data_loader  # noqa: E402
 import model  # noqa: E402
@@ -87,6 +89,9 @@ flags.DEFINE_integer("max_test_samples", None, "Use only the first N test images
                      "Default: all.")
 flags.DEFINE_integer("summary_every", 50, "Write training scalars every N steps.")
 flags.DEFINE_integer("keep_checkpoints", 3, "How many recent checkpoints to keep.")
+flags.DEFINE_enum("precision", "auto", ["auto", "float32", "bfloat16"],
+                  "Arithmetic of convolutions and matmuls. auto: bfloat16 on a CPU with "
+                  "AMX-BF16 units (several times faster there), else float32.")
 flags.DEFINE_integer("threads", 0, "TensorFlow intra- and inter-op threads; 0 lets "
                      "TensorFlow choose.")
 

@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import rewriter_config_pb2
 from tqdm import tqdm
 
 import data_loader
@@ -70,8 +71,11 @@ class Config:
     summary_every: int = 50
     keep_checkpoints: int = 3
     threads: int = 0
+    precision: str = "auto"
 
     def __post_init__(self):
+        if self.precision == "auto":
+            self.precision = "bfloat16" if cpu_has_fast_bfloat16() else "float32"
         if self.lr is None:
             self.lr = DEFAULT_LR.get(self.method, 0.001)
         if not self.exp_name:
@@ -84,6 +88,17 @@ class Config:
     @property
     def run_log_dir(self):
         return os.path.join(self.log_dir, self.exp_name)
+
+
+def cpu_has_fast_bfloat16():
+    """True on CPUs with bfloat16 matrix units (AMX-BF16) and no visible GPU."""
+    if tf.config.list_physical_devices("GPU"):
+        return False
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return "amx_bf16" in cpuinfo.read().split()
+    except OSError:
+        return False
 
 
 class TrainingDiverged(RuntimeError):
@@ -310,6 +325,11 @@ class LNTLModel:
             threads = self.config.threads
             session_config = tf1.ConfigProto(
                 intra_op_parallelism_threads=threads, inter_op_parallelism_threads=threads)
+            if self.config.precision == "bfloat16":
+                # oneDNN runs convolutions and matmuls in bfloat16; the variables,
+                # losses and updates stay float32.
+                rewrites = session_config.graph_options.rewrite_options
+                rewrites.auto_mixed_precision_onednn_bfloat16 = rewriter_config_pb2.RewriterConfig.ON
             self.sess = tf1.Session(graph=self.graph, config=session_config)
         return self.sess
 
@@ -402,11 +422,14 @@ class LNTLModel:
         os.makedirs(cfg.run_checkpoint_dir, exist_ok=True)
         with utils.ExperimentLock(cfg.run_checkpoint_dir), utils.StopSignals() as stop:
             resumed = self.restore_or_initialize()
-            utils.write_json_atomic(os.path.join(cfg.run_checkpoint_dir, "config.json"),
-                                    dataclasses.asdict(cfg))
+            self._record_config(resumed)
             epoch, step = self.sess.run([self.epoch, self.global_step])
             if resumed:
                 print(f"Resumed from {resumed} at epoch {epoch + 1}, step {step}")
+            print(f"Training {cfg.method} on variance {cfg.color_var:.3f}: "
+                  f"{len(train_split)} images, {steps_per_epoch} steps per epoch, "
+                  f"{cfg.precision}; logs in {cfg.run_log_dir}, checkpoints in "
+                  f"{cfg.run_checkpoint_dir}", flush=True)
             writers = {name: self._summary_writer(name) for name in ("train", "test")}
             writers["train"].add_graph(self.graph)
             try:
@@ -427,6 +450,21 @@ class LNTLModel:
                       "Run the same command again to resume.")
                 return stop.exit_code
         return 0
+
+    def _record_config(self, resumed):
+        """config.json keeps the settings the run started with; a resume that changes
+        them says which, and leaves the record as it was."""
+        path = os.path.join(self.config.run_checkpoint_dir, "config.json")
+        settings = dataclasses.asdict(self.config)
+        if not (resumed and os.path.exists(path)):
+            utils.write_json_atomic(path, settings)
+            return
+        with open(path) as record:
+            started = json.load(record)
+        changes = [f"{name} {started.get(name)} -> {value}"
+                   for name, value in settings.items() if started.get(name) != value]
+        if changes:
+            print(f"Resuming with settings that differ from {path}: {', '.join(changes)}")
 
     def _train_epoch(self, train_split, epoch, skip, steps_per_epoch, writer, stop):
         cfg = self.config
@@ -474,10 +512,12 @@ class LNTLModel:
         writer.flush()
 
         losses = "  ".join(f"{name} {stats[name]:.4f}" for name in self.loss_names)
+        # The colour heads of baseline and gray are never trained: no figure to show.
+        colour = (f"colour_acc {result['colour_bin_accuracy']:.4f}  "
+                  if self.config.method in ("lntl", "blindeye") else "")
         print(f"epoch {epoch:3d}/{self.config.max_epoch}  lr {learning_rate:.2g}  {losses}  "
               f"train_acc {stats['train_accuracy']:.4f}  test_acc {result['accuracy']:.4f}  "
-              f"colour_acc {result['colour_bin_accuracy']:.4f}  {stats['seconds']:.1f}s",
-              flush=True)
+              f"{colour}{stats['seconds']:.1f}s", flush=True)
         self.save()
         self._save_if_best(result["accuracy"], epoch)
 
