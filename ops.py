@@ -47,7 +47,7 @@ def dense(x, out_units, name="dense"):
 
 
 def batch_norm(x, training, decay=0.9, epsilon=1e-5, name="bn"):
-    """Batch normalisation over all axes but the last.
+    """Batch normalisation of an NHWC tensor over all axes but the channels.
 
     With `training` the batch's own moments normalise and the moving averages are
     updated by ops placed in the UPDATE_OPS collection (under the current name
@@ -64,20 +64,32 @@ def batch_norm(x, training, decay=0.9, epsilon=1e-5, name="bn"):
         moving_var = tf1.get_variable(
             "moving_variance", [channels], initializer=tf1.ones_initializer(), trainable=False)
         if not training:
-            return tf.nn.batch_normalization(
-                x, moving_mean, moving_var, offset, scale, epsilon)
+            y, _, _ = tf1.nn.fused_batch_norm(x, scale, offset, moving_mean, moving_var,
+                                              epsilon=epsilon, is_training=False)
+            return y
 
-        axes = list(range(len(x.shape) - 1))
-        mean, variance = tf.nn.moments(x, axes)
-        # The moving variance is unbiased, as in PyTorch, so that test-time
-        # normalisation matches the statistics of the training data.
-        count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), x.dtype)
-        unbiased_variance = variance * count / tf.maximum(count - 1.0, 1.0)
+        y, mean, variance = _batch_norm_training(x, scale, offset, epsilon)
         tf1.add_to_collection(tf1.GraphKeys.UPDATE_OPS, tf1.assign_sub(
             moving_mean, (1.0 - decay) * (moving_mean - mean)))
         tf1.add_to_collection(tf1.GraphKeys.UPDATE_OPS, tf1.assign_sub(
-            moving_var, (1.0 - decay) * (moving_var - unbiased_variance)))
-        return tf.nn.batch_normalization(x, mean, variance, offset, scale, epsilon)
+            moving_var, (1.0 - decay) * (moving_var - variance)))
+        return y
+
+
+def _batch_norm_training(x, scale, offset, epsilon):
+    """Normalise by the batch's moments; return them with the variance unbiased, as
+    PyTorch keeps it, so that test-time normalisation matches the training data.
+
+    oneDNN's fused kernel is the faster from about 8 channels up; on the
+    3-channel input its gradient is slower than the element-wise ops.
+    """
+    if x.shape[-1] >= 8:
+        return tf1.nn.fused_batch_norm(x, scale, offset, epsilon=epsilon, is_training=True)
+    mean, variance = tf.nn.moments(x, axes=[0, 1, 2])
+    count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), x.dtype)
+    unbiased_variance = variance * count / tf.maximum(count - 1.0, 1.0)
+    y = tf.nn.batch_normalization(x, mean, variance, offset, scale, epsilon)
+    return y, mean, unbiased_variance
 
 
 def relu(x):

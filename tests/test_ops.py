@@ -109,8 +109,11 @@ def test_conv2d_shapes_and_initialiser_scale():
     assert kernel.std() == pytest.approx(math.sqrt(2 / (3 * 3 * 64)), rel=0.02)
 
 
-def test_batch_norm_training_normalises_and_moves_statistics_test_mode_does_not():
-    x_value = np.array([[1.0, 10.0], [3.0, 30.0]], np.float32)  # means (2, 20); vars (1, 100)
+@pytest.mark.parametrize("repeat", [1, 4])  # 2 channels (element-wise path), 8 (fused)
+def test_batch_norm_training_normalises_and_moves_statistics_test_mode_does_not(repeat):
+    # Two pixels, two channels: means (2, 20), variances (1, 100).
+    pair = np.array([[1.0, 10.0], [3.0, 30.0]], np.float32)
+    x_value = np.tile(pair, (1, repeat)).reshape(2, 1, 1, 2 * repeat)
 
     graph = tf.Graph()
     with graph.as_default():
@@ -123,10 +126,13 @@ def test_batch_norm_training_normalises_and_moves_statistics_test_mode_does_not(
         moving_mean, moving_var = [v for v in tf1.global_variables() if "moving" in v.name]
         with tf1.Session() as sess:
             sess.run(tf1.global_variables_initializer())
-            np.testing.assert_allclose(sess.run(train_out), [[-1, -1], [1, 1]], atol=1e-4)
+            np.testing.assert_allclose(sess.run(train_out).reshape(2, -1),
+                                       np.tile([[-1, -1], [1, 1]], (1, repeat)), atol=1e-4)
             sess.run(test_out)
-            np.testing.assert_array_equal(sess.run(moving_mean), [0, 0])
+            np.testing.assert_array_equal(sess.run(moving_mean), 0.0)
             sess.run(updates)
             # decay 0.9: 0.1 x batch mean; the unbiased variance of 2 samples is 2x.
-            np.testing.assert_allclose(sess.run(moving_mean), [0.2, 2.0], rtol=1e-6)
-            np.testing.assert_allclose(sess.run(moving_var), [0.9 + 0.2, 0.9 + 20.0], rtol=1e-6)
+            np.testing.assert_allclose(sess.run(moving_mean), np.tile([0.2, 2.0], repeat),
+                                       rtol=1e-6)
+            np.testing.assert_allclose(sess.run(moving_var),
+                                       np.tile([0.9 + 0.2, 0.9 + 20.0], repeat), rtol=1e-6)
