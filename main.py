@@ -81,6 +81,9 @@ flags.DEFINE_float("loss_lambda", 0.01, "Weight of the entropy (mutual-informati
 flags.DEFINE_float("loss_mu", 1.0, "Weight of the bias-prediction loss.")
 flags.DEFINE_float("grl_scale", 0.1, "Gradient reversal: f receives -grl_scale x the bias "
                    "loss gradient.")
+flags.DEFINE_boolean("single_pass", False, "lntl only: both updates of an iteration from one "
+                     "forward pass, applied together (about a quarter faster); the default "
+                     "is the authors' two passes. See README for how the two compare.")
 flags.DEFINE_integer("seed", 0, "Seed of weight initialisation and batch order.")
 flags.DEFINE_integer("data_seed", 0, "Seed of the colours when Colored-MNIST is generated.")
 flags.DEFINE_integer("max_train_samples", None, "Use only the first N training images "

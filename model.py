@@ -63,6 +63,7 @@ class Config:
     loss_lambda: float = 0.01
     loss_mu: float = 1.0
     grl_scale: float = 0.1
+    single_pass: bool = False
     seed: int = 0
     data_seed: int = 0
     init_checkpoint: str = ""
@@ -262,6 +263,9 @@ class LNTLModel:
         # Mean over r, g, b of the negative entropy of h's prediction.
         mi_loss = tf.add_n([ops.negative_entropy(logits) for logits in bias_logits])
         mi_loss /= len(bias_logits)
+        if cfg.single_pass:
+            self._build_lntl_single_pass(label_loss, mi_loss, bias_logits, label_pass_scope)
+            return
         label_step = self._minimize(label_loss + cfg.loss_lambda * mi_loss, ["f", "g"],
                                     label_pass_scope)
 
@@ -275,6 +279,25 @@ class LNTLModel:
         self.train_steps = [label_step, bias_step]
         self.step_losses = [{"label_loss": label_loss, "mi_loss": mi_loss},
                             {"bias_loss": bias_loss}]
+
+    def _build_lntl_single_pass(self, label_loss, mi_loss, bias_logits, pass_scope):
+        """Both LNTL updates from one forward pass, applied together (--single_pass).
+
+        The reversal written out: f and g descend label + lambda x MI - grl_scale x
+        mu x bias, h descends mu x bias, all at the same point. The two-pass
+        iteration instead lets the second update see the f that the first wrote.
+        """
+        cfg = self.config
+        bias_loss = self._bias_loss(bias_logits)
+        reversed_bias = cfg.grl_scale * cfg.loss_mu * bias_loss
+        with tf.name_scope(pass_scope):
+            feature_step = self._minimize(label_loss + cfg.loss_lambda * mi_loss - reversed_bias,
+                                          ["f", "g"], pass_scope)
+            bias_step = self._minimize(cfg.loss_mu * bias_loss, bias_scopes(), pass_scope,
+                                       self.global_step)
+        self.train_steps = [tf.group(feature_step, bias_step)]
+        self.step_losses = [{"label_loss": label_loss, "mi_loss": mi_loss,
+                             "bias_loss": bias_loss}]
 
     def _build_blindeye(self, label_loss, bias_logits, label_pass_scope):
         cfg = self.config

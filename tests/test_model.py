@@ -18,8 +18,11 @@ def coloured_batch(size=32, seed=0):
 
 
 def build(method, tmp_path, **overrides):
-    config = model.Config(method=method, checkpoint_dir=str(tmp_path / "ckpt"),
-                          log_dir=str(tmp_path / "logs"), **overrides)
+    """An initialised trainer, in float32 so that gradients compare exactly."""
+    settings = dict(method=method, checkpoint_dir=str(tmp_path / "ckpt"),
+                    log_dir=str(tmp_path / "logs"), precision="float32")
+    settings.update(overrides)
+    config = model.Config(**settings)
     trainer = model.LNTLModel(config)
     trainer.restore_or_initialize()
     return trainer
@@ -89,6 +92,40 @@ def test_bias_step_gradient_reaches_f_reversed_and_scaled(tmp_path, batch):
     np.testing.assert_allclose(deltas[-0.2], -2.0 * deltas[0.1], rtol=1e-3, atol=1e-7)
 
 
+def test_single_pass_updates_f_g_and_h_in_one_step(tmp_path, batch):
+    trainer = build("lntl", tmp_path, single_pass=True)
+    assert len(trainer.train_steps) == 1
+    before = snapshot(trainer)
+    trainer.train_step(batch)
+    assert set(changed_networks(before, snapshot(trainer))) == {"f", "g", "h_r", "h_g", "h_b"}
+
+
+def test_single_pass_reverses_the_bias_gradient_into_f(tmp_path, batch):
+    """With label and MI terms off, f's single-pass update is -grl_scale x the one that
+    minimising the bias loss would make: the reversal, written out."""
+    deltas = {}
+    for name, scale in (("reversed", 0.5), ("plain", -1.0)):
+        trainer = build("lntl", tmp_path / name, single_pass=True, grl_scale=scale,
+                        loss_lambda=0.0, weight_decay=0.0)
+        [kernel] = [v for v in model.network_variables("f", trainer.graph)
+                    if v.op.name == "f/conv2/kernel"]
+        before = trainer.sess.run(kernel)
+        trainer.sess.run(trainer.train_steps[0], trainer.feed(batch))
+        deltas[name] = trainer.sess.run(kernel) - before
+        trainer.close()
+    assert np.abs(deltas["plain"]).max() > 1e-6
+    # The label loss still moves f: compare what the bias term adds on top of it.
+    label_only = build("lntl", tmp_path / "label", single_pass=True, grl_scale=0.0,
+                       loss_lambda=0.0, weight_decay=0.0)
+    [kernel] = [v for v in model.network_variables("f", label_only.graph)
+                if v.op.name == "f/conv2/kernel"]
+    before = label_only.sess.run(kernel)
+    label_only.sess.run(label_only.train_steps[0], label_only.feed(batch))
+    label_delta = label_only.sess.run(kernel) - before
+    np.testing.assert_allclose(deltas["reversed"] - label_delta,
+                               -0.5 * (deltas["plain"] - label_delta), rtol=1e-3, atol=1e-7)
+
+
 def test_baseline_never_touches_h(tmp_path, batch):
     trainer = build("baseline", tmp_path)
     assert len(trainer.train_steps) == 1
@@ -119,9 +156,11 @@ def test_batch_norm_statistics_move_in_training_not_at_test(tmp_path, batch):
     assert not np.array_equal(before["h_r/bn/moving_variance"], after["h_r/bn/moving_variance"])
 
 
-@pytest.mark.parametrize("method", ["lntl", "blindeye"])
-def test_iterations_on_one_batch_lower_label_and_bias_loss(tmp_path, batch, method):
-    trainer = build(method, tmp_path, lr=0.01)
+@pytest.mark.parametrize("method, single_pass", [("lntl", False), ("lntl", True),
+                                                 ("blindeye", False)])
+def test_iterations_on_one_batch_lower_label_and_bias_loss(tmp_path, batch, method,
+                                                           single_pass):
+    trainer = build(method, tmp_path, lr=0.01, single_pass=single_pass)
     first, _ = trainer.train_step(batch)
     for _ in range(14):
         last, _ = trainer.train_step(batch)
