@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.protobuf import rewriter_config_pb2
+from tensorflow.core.protobuf.rewriter_config_pb2 import RewriterConfig
 from tqdm import tqdm
 
 import data_loader
@@ -352,7 +352,7 @@ class LNTLModel:
                 # oneDNN runs convolutions and matmuls in bfloat16; the variables,
                 # losses and updates stay float32.
                 rewrites = session_config.graph_options.rewrite_options
-                rewrites.auto_mixed_precision_onednn_bfloat16 = rewriter_config_pb2.RewriterConfig.ON
+                rewrites.auto_mixed_precision_onednn_bfloat16 = RewriterConfig.ON
             self.sess = tf1.Session(graph=self.graph, config=session_config)
         return self.sess
 
