@@ -342,8 +342,10 @@ def build_colored_mnist(mnist, color_var, seed):
     }
 
 
-def colored_mnist_path(data_dir, color_var):
-    return os.path.join(data_dir, f"mnist_10color_jitter_var_{color_var:.3f}.npy")
+def colored_mnist_path(data_dir, color_var, seed=0):
+    """The authors' file name for seed 0; other seeds get their own file."""
+    suffix = f"_seed{seed}" if seed else ""
+    return os.path.join(data_dir, f"mnist_10color_jitter_var_{color_var:.3f}{suffix}.npy")
 
 
 def save_colored_mnist(path, data):
@@ -454,10 +456,9 @@ def _check_counts(path, data, keys):
 def get_colored_mnist(color_var, data_dir="./data", mnist_dir=None, seed=0):
     """The cached Colored-MNIST dict for color_var, built from MNIST on first use.
 
-    The cache file name carries only the variance, as the authors' does, so a cached
-    file is returned whatever seed it was built with.
+    A file already there is used as it is: the authors' own files load this way.
     """
-    path = colored_mnist_path(data_dir, color_var)
+    path = colored_mnist_path(data_dir, color_var, seed)
     if os.path.exists(path):
         return load_colored_mnist(path)
 

@@ -5,7 +5,7 @@ r"""Train or test Learning Not to Learn on Colored-MNIST.
         --init_checkpoint=checkpoints/baseline_var0.020
     python main.py --phase=test --method=lntl --color_var=0.020
 
-Every flag's default is in `python main.py --helpfull`; README.md explains them.
+Every flag's default is in `python main.py --helpshort`; README.md explains them.
 """
 
 import contextlib
@@ -85,7 +85,8 @@ flags.DEFINE_boolean("single_pass", False, "lntl only: both updates of an iterat
                      "forward pass, applied together (about a quarter faster); the default "
                      "is the authors' two passes. See README for how the two compare.")
 flags.DEFINE_integer("seed", 0, "Seed of weight initialisation and batch order.")
-flags.DEFINE_integer("data_seed", 0, "Seed of the colours when Colored-MNIST is generated.")
+flags.DEFINE_integer("data_seed", 0, "Seed of the colours when Colored-MNIST is generated; "
+                     "0 writes the authors' file name, others add _seed<N>.")
 flags.DEFINE_integer("max_train_samples", None, "Use only the first N training images "
                      "(quick runs). Default: all.")
 flags.DEFINE_integer("max_test_samples", None, "Use only the first N test images. "

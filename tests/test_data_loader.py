@@ -364,6 +364,8 @@ def assert_same_colored(loaded, original):
 def test_colored_path_names_the_variance_with_three_decimals():
     path = data_loader.colored_mnist_path("data", 0.02)
     assert path == os.path.join("data", "mnist_10color_jitter_var_0.020.npy")
+    other_seed = data_loader.colored_mnist_path("data", 0.045, seed=3)
+    assert other_seed == os.path.join("data", "mnist_10color_jitter_var_0.045_seed3.npy")
 
 
 def test_save_load_round_trip(tmp_path, small_colored):
