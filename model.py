@@ -186,6 +186,8 @@ class LNTLModel:
             self._build_summaries()
             self.saver = tf1.train.Saver(max_to_keep=config.keep_checkpoints)
             self.best_saver = tf1.train.Saver(max_to_keep=1)
+            self.warm_start_variables = network_variables("f") + network_variables("g")
+            self.warm_start_saver = tf1.train.Saver(self.warm_start_variables)
             self.init_op = tf1.global_variables_initializer()
         self.graph.finalize()
         self.sess = None
@@ -382,17 +384,13 @@ class LNTLModel:
 
     def restore(self, path):
         _check_checkpoint_matches(path, self.graph)
-        try:
-            self.saver.restore(self._session(), path)
-        except (tf.errors.OpError, ValueError) as error:
-            raise CheckpointError(f"cannot restore checkpoint {path}: {_first_line(error)}")
+        _restore(self.saver, self._session(), path)
 
     def _warm_start(self, init_checkpoint):
         """Load f and g (weights and batch-norm statistics) from a trained checkpoint."""
         path = resolve_checkpoint(init_checkpoint)
-        variables = network_variables("f", self.graph) + network_variables("g", self.graph)
-        _check_checkpoint_matches(path, self.graph, variables)
-        tf1.train.Saver(variables).restore(self.sess, path)
+        _check_checkpoint_matches(path, self.graph, self.warm_start_variables)
+        _restore(self.warm_start_saver, self.sess, path)
         print(f"Started f and g from {path}")
 
     def train_step(self, batch):
@@ -448,6 +446,7 @@ class LNTLModel:
             self._record_config(resumed)
             epoch, step = self.sess.run([self.epoch, self.global_step])
             if resumed:
+                _check_resume_fits(resumed, epoch, step, steps_per_epoch)
                 print(f"Resumed from {resumed} at epoch {epoch + 1}, step {step}")
             print(f"Training {cfg.method} on variance {cfg.color_var:.3f}: "
                   f"{len(train_split)} images, {steps_per_epoch} steps per epoch, "
@@ -616,6 +615,15 @@ def _bin_map_to_image(bins):
     return tf.image.resize(centres, [28, 28], method="nearest")
 
 
+def _check_resume_fits(path, epoch, step, steps_per_epoch):
+    """A checkpoint's step must fall inside its epoch at this run's steps per epoch."""
+    if not 0 <= step - epoch * steps_per_epoch < steps_per_epoch:
+        raise CheckpointError(
+            f"checkpoint {path} is at step {step} in epoch {epoch + 1}, which does not fit "
+            f"{steps_per_epoch} steps per epoch: resume with the --batch_size and "
+            "--max_train_samples it was trained with (see config.json beside it)")
+
+
 def _check_finite(losses, step):
     for name, value in losses.items():
         if not math.isfinite(value):
@@ -655,6 +663,13 @@ def _check_checkpoint_matches(path, graph, variables=None):
             raise CheckpointError(
                 f"checkpoint {path} stores {name} with shape {stored[name]}, "
                 f"expected {variable.shape.as_list()}")
+
+
+def _restore(saver, sess, path):
+    try:
+        saver.restore(sess, path)
+    except (tf.errors.OpError, ValueError) as error:
+        raise CheckpointError(f"cannot restore checkpoint {path}: {_first_line(error)}")
 
 
 def _first_line(error):

@@ -93,6 +93,39 @@ def test_damaged_checkpoint_is_refused_by_name(tmp_path, tiny_splits, damaged_fi
         model.LNTLModel(config).test(tiny_splits)
 
 
+def test_resume_with_another_batch_size_is_refused(tmp_path, tiny_splits):
+    train(tiny_config(tmp_path, max_epoch=1), tiny_splits)  # 8 steps of 50
+    with pytest.raises(model.CheckpointError, match="does not fit 2 steps per epoch"):
+        train(tiny_config(tmp_path, max_epoch=2, batch_size=200), tiny_splits)
+
+
+def test_init_checkpoint_starts_f_and_g_from_a_trained_baseline(tmp_path, tiny_splits):
+    baseline = tiny_config(tmp_path, method="baseline")
+    train(baseline, tiny_splits)
+    trained = model.LNTLModel(baseline)
+    trained.restore_or_initialize()
+    lntl = model.LNTLModel(tiny_config(tmp_path, init_checkpoint=baseline.run_checkpoint_dir))
+    lntl.restore_or_initialize()
+    for variable in lntl.warm_start_variables:  # weights and batch-norm statistics of f, g
+        [same] = [v for v in trained.graph.get_collection("variables")
+                  if v.op.name == variable.op.name]
+        np.testing.assert_array_equal(lntl.sess.run(variable), trained.sess.run(same),
+                                      err_msg=variable.op.name)
+    assert lntl.sess.run(lntl.global_step) == 0  # a new run, not a resumed one
+    assert {v.op.name.split("/")[0] for v in lntl.warm_start_variables} == {"f", "g"}
+
+
+def test_damaged_init_checkpoint_is_refused_by_name(tmp_path, tiny_splits):
+    baseline = tiny_config(tmp_path, method="baseline")
+    train(baseline, tiny_splits)
+    data_file = os.path.join(baseline.run_checkpoint_dir, "model.ckpt-8.data-00000-of-00001")
+    with open(data_file, "r+b") as file:
+        file.truncate(100)
+    lntl = tiny_config(tmp_path, init_checkpoint=baseline.run_checkpoint_dir)
+    with pytest.raises(model.CheckpointError, match="cannot restore checkpoint .*model.ckpt-8"):
+        train(lntl, tiny_splits)
+
+
 def test_partial_save_leaves_the_previous_checkpoint_in_use(tmp_path, tiny_splits):
     """A run killed while saving step 99 has written files but not the 'checkpoint'
     index, which TensorFlow replaces atomically last: resuming takes the last good one."""
