@@ -41,6 +41,7 @@ MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2023, 0.1994, 0.2010)
 COLOR_VARIANCES = (0.020, 0.025, 0.030, 0.035, 0.040, 0.045, 0.050)
 IGNORE_LABEL = -1
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2 weights of R, G, B
 NUM_CLASSES = 10
 NUM_BIAS_BINS = 8
 
@@ -484,18 +485,19 @@ def compute_bias_labels(images):
     return _BIAS_BIN_OF_VALUE[images[:, 1::2, 1::2, :]]
 
 
-def gray_from_colored(images):
-    """A grey copy of coloured digits, with MNIST's intensities and no colour left.
+def grayscale(images):
+    """Grey copies (N, 28, 28, 3) of colour images: each pixel's luma in all channels.
 
-    Each pixel is intensity x colour, so the brightest channel is intensity scaled by
-    one constant per image; rescaling each image's brightest pixel to 255 undoes it.
+    Luma is ITU-R 601-2 (0.299 R + 0.587 G + 0.114 B), what PIL's convert("L") and
+    torchvision's Grayscale compute. It keeps the colour's brightness, so a yellow
+    digit stays brighter than a maroon one and some of the bias survives: this is the
+    paper's Gray baseline, not a colour-free upper bound (test_gray is that).
     """
     gray = np.empty_like(images)
     for start in range(0, len(images), CHUNK_IMAGES):
-        value = _brightest_channel(images[start:start + CHUNK_IMAGES])
-        peak = value.reshape(len(value), -1).max(axis=1).astype(np.float32)
-        scale = np.divide(np.float32(255), peak, out=np.zeros_like(peak), where=peak > 0)
-        gray[start:start + CHUNK_IMAGES] = np.rint(value * scale[:, None, None])[..., None]
+        chunk = images[start:start + CHUNK_IMAGES].astype(np.float32)
+        luma = chunk @ np.array(LUMA, np.float32)
+        gray[start:start + CHUNK_IMAGES] = np.rint(luma)[..., None]
     return gray
 
 
@@ -542,7 +544,7 @@ def load_splits(color_var, data_dir="./data", mnist_dir=None, seed=0, gray=False
     own_colors = sample_colors(test_label, color_var, rng)
     test_biased = paint(_brightest_channel(test_gray), own_colors)
     if gray:
-        train_image, test_image = gray_from_colored(train_image), test_gray
+        train_image, test_image = grayscale(train_image), grayscale(test_image)
     return {
         "train": _make_split(train_image, train_label),
         "test": _make_split(test_image, test_label),

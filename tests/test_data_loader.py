@@ -287,26 +287,18 @@ def test_same_seed_same_bytes_other_seed_other_colours(small_colored, mnist):
     assert np.abs(first - second).mean() > 10
 
 
-def test_gray_from_colored_recovers_mnist_without_colour(colored, mnist):
-    gray = data_loader.gray_from_colored(colored["train_image"])
-    assert gray.shape == (60000, 28, 28, 3) and gray.dtype == np.uint8
-    assert np.array_equal(gray[..., 0], gray[..., 1]) and np.array_equal(gray[..., 0],
-                                                                         gray[..., 2])
-
-    # Per image, with P its brightest painted value: rounding each pixel and P to uint8
-    # costs at most 255 / P grey levels after rescaling, MNIST's own peak (254 or 255,
-    # not always 255) at most 1 more, and the final rounding 0.5.
-    peak = colored["train_image"].reshape(60000, -1).max(axis=1).astype(np.float64)
-    error = np.abs(gray[..., 0].astype(np.int16) - mnist["train_image"])
-    error = error.reshape(60000, -1).max(axis=1)
-    painted = peak > 0
-    assert np.all(error[painted] <= 255 / peak[painted] + 1.5)
-    assert np.percentile(error, 99) <= 3
-
-
-def test_gray_from_colored_keeps_black_images_black():
-    black = np.zeros((2, 28, 28, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(data_loader.gray_from_colored(black), black)
+def test_grayscale_is_luma_in_all_three_channels():
+    images = np.zeros((2, 28, 28, 3), dtype=np.uint8)
+    images[0, 0, 0] = (255, 0, 0)      # 0.299 x 255 = 76.2
+    images[0, 0, 1] = (0, 255, 0)      # 0.587 x 255 = 149.7
+    images[0, 0, 2] = (0, 0, 255)      # 0.114 x 255 = 29.1
+    images[1, 5, 5] = (100, 200, 50)   # 29.9 + 117.4 + 5.7 = 153.0
+    gray = data_loader.grayscale(images)
+    assert gray.shape == images.shape and gray.dtype == np.uint8
+    for channel in range(3):
+        assert list(gray[0, 0, :3, channel]) == [76, 150, 29]
+        assert gray[1, 5, 5, channel] == 153
+    assert gray.astype(int).sum() == 3 * (76 + 150 + 29 + 153)  # background stays black
 
 
 # ---------------------------------------------------------------------------
@@ -489,9 +481,10 @@ def test_load_splits_gray(cache_dir, colored):
     train = splits["train"].images
     assert np.array_equal(train[..., 0], train[..., 1]) and np.array_equal(train[..., 0],
                                                                            train[..., 2])
-    np.testing.assert_array_equal(train, data_loader.gray_from_colored(
-        colored["train_image"][:500]))
-    np.testing.assert_array_equal(splits["test"].images, colored["test_gray"][:200])
+    np.testing.assert_array_equal(train, data_loader.grayscale(colored["train_image"][:500]))
+    np.testing.assert_array_equal(splits["test"].images,
+                                  data_loader.grayscale(colored["test_image"][:200]))
+    np.testing.assert_array_equal(splits["test_gray"].images, colored["test_gray"][:200])
     np.testing.assert_array_equal(splits["test_biased"].images,
                                   data_loader.load_splits(COLOR_VAR, data_dir=cache_dir,
                                                           max_train=1, max_test=200)
