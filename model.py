@@ -331,12 +331,12 @@ class LNTLModel:
                 [tf.argmax(logits, -1, output_type=tf.int32) for logits in bias_logits], axis=-1)
 
     def _build_summaries(self):
-        colour_maps = tf.concat([
-            tf.cast(self.images, tf.float32) / 255.0,
-            _bin_map_to_image(tf.cast(self.bias_labels, tf.int32)),
-            _bin_map_to_image(self.bias_predictions),
-        ], axis=2)
-        self.image_summary = tf1.summary.image(
+        """Pictures for TensorBoard; the scalars are written from Python values."""
+        inputs = tf.cast(self.images, tf.float32) / 255.0
+        self.input_summary = tf1.summary.image("test/inputs", inputs, max_outputs=8)
+        colour_maps = tf.concat([inputs, _bin_map_to_image(tf.cast(self.bias_labels, tf.int32)),
+                                 _bin_map_to_image(self.bias_predictions)], axis=2)
+        self.colour_map_summary = tf1.summary.image(
             "test/input_true-colour-bins_predicted-colour-bins", colour_maps, max_outputs=8)
         self.confusion_png = tf1.placeholder(tf.string, [], name="confusion_png")
         confusion_image = tf.expand_dims(tf.image.decode_png(self.confusion_png, channels=3), 0)
@@ -523,20 +523,22 @@ class LNTLModel:
         result = self.evaluate(test_split)
         learning_rate = self.sess.run(self.learning_rate)
         values = {"test/accuracy": result["accuracy"],
-                  "test/colour_bin_accuracy": result["colour_bin_accuracy"],
                   "epoch/train_accuracy": stats["train_accuracy"],
-                  "epoch/seconds": stats["seconds"]}
+                  "epoch/seconds": stats["seconds"],
+                  "epoch/learning_rate": learning_rate}
         values.update({"epoch/" + name: stats[name] for name in self.loss_names})
-        values["epoch/learning_rate"] = learning_rate
-        writer.add_summary(utils.scalar_summary(values), epoch)
+        # The colour heads of baseline and gray are never trained: no figures for them.
+        trains_bias_heads = self.config.method in ("lntl", "blindeye")
+        picture = self.colour_map_summary if trains_bias_heads else self.input_summary
+        if trains_bias_heads:
+            values["test/colour_bin_accuracy"] = result["colour_bin_accuracy"]
         sample = next(data_loader.iterate_batches(test_split, 8))
-        writer.add_summary(self.sess.run(self.image_summary, self.feed(sample)), epoch)
+        writer.add_summary(self.sess.run(picture, self.feed(sample)), epoch)
+        writer.add_summary(utils.scalar_summary(values), epoch)
         writer.flush()
 
         losses = "  ".join(f"{name} {stats[name]:.4f}" for name in self.loss_names)
-        # The colour heads of baseline and gray are never trained: no figure to show.
-        colour = (f"colour_acc {result['colour_bin_accuracy']:.4f}  "
-                  if self.config.method in ("lntl", "blindeye") else "")
+        colour = f"colour_acc {result['colour_bin_accuracy']:.4f}  " if trains_bias_heads else ""
         print(f"epoch {epoch:3d}/{self.config.max_epoch}  lr {learning_rate:.2g}  {losses}  "
               f"train_acc {stats['train_accuracy']:.4f}  test_acc {result['accuracy']:.4f}  "
               f"{colour}{stats['seconds']:.1f}s", flush=True)

@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+import tensorflow as tf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,6 +22,13 @@ def run_main(*args, workdir, check=True, timeout=300):
         raise AssertionError(f"main.py {' '.join(args)} exited {result.returncode}:\n"
                              f"{result.stdout}\n{result.stderr}")
     return result
+
+
+def summary_tags(folder):
+    """Every summary tag written to the event files of a TensorBoard folder."""
+    [events] = glob.glob(str(folder / "events.out.*"))
+    return {value.tag for event in tf.compat.v1.train.summary_iterator(events)
+            for value in event.summary.value}
 
 
 def small_run_flags(data_dir, *extra):
@@ -42,8 +50,11 @@ def test_train_test_and_resume(colored_data_dir, tmp_path):
     run_dir = tmp_path / "checkpoints" / "lntl_var0.020"
     assert (run_dir / "model.ckpt-20.index").exists()  # 2000 / 100 steps
     assert (run_dir / "best" / "best.json").exists()
-    for phase in ("train", "test"):
-        assert glob.glob(str(tmp_path / "logs" / "lntl_var0.020" / phase / "events.out.*"))
+    train_tags = summary_tags(tmp_path / "logs" / "lntl_var0.020" / "train")
+    assert {"train/label_loss", "train/mi_loss", "train/bias_loss"} <= train_tags
+    test_tags = summary_tags(tmp_path / "logs" / "lntl_var0.020" / "test")
+    assert {"test/accuracy", "test/colour_bin_accuracy", "epoch/learning_rate",
+            "test/input_true-colour-bins_predicted-colour-bins/image/0"} <= test_tags
 
     tested = run_main("--phase=test", *flags, workdir=tmp_path)
     assert "unbiased test  accuracy" in tested.stdout
