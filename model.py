@@ -36,8 +36,8 @@ tf1 = tf.compat.v1
 
 METHODS = ("baseline", "lntl", "gray", "blindeye")
 CHANNELS = ("r", "g", "b")
-NUM_CLASSES = 10
-NUM_BINS = 8
+NUM_CLASSES = data_loader.NUM_CLASSES
+NUM_BINS = data_loader.NUM_BIAS_BINS
 DEFAULT_LR = {"baseline": 0.01, "gray": 0.01, "lntl": 0.001, "blindeye": 0.001}
 
 
