@@ -271,7 +271,7 @@ def _download_verified(stem, target):
                 _fetch(url, temp_file)
             found_md5 = _uncompressed_md5(temp_path)
             if found_md5 == MNIST_MD5[stem]:
-                os.replace(temp_path, target)
+                publish(temp_path, target)
                 return
             failures.append(f"{url}: expected MD5 {MNIST_MD5[stem]}, found {found_md5}")
         except (OSError, http.client.HTTPException) as error:
@@ -349,6 +349,15 @@ def colored_mnist_path(data_dir, color_var, seed=0):
     return os.path.join(data_dir, f"mnist_10color_jitter_var_{color_var:.3f}{suffix}.npy")
 
 
+def publish(temp_path, path):
+    """Rename a finished temporary file onto `path`, readable as a new file would be
+    (mkstemp creates it private, mode 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temp_path, 0o666 & ~umask)
+    os.replace(temp_path, path)
+
+
 def save_colored_mnist(path, data):
     """np.save of the dict, written to a temp file first so a crash leaves no half file."""
     folder = os.path.dirname(path) or "."
@@ -357,7 +366,7 @@ def save_colored_mnist(path, data):
     try:
         with os.fdopen(fd, "wb") as temp_file:
             np.save(temp_file, data, allow_pickle=True)
-        os.replace(temp_path, path)
+        publish(temp_path, path)
     finally:
         if os.path.exists(temp_path):
             os.remove(temp_path)

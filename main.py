@@ -57,8 +57,8 @@ flags.DEFINE_enum("method", "lntl", ["baseline", "lntl", "gray", "blindeye"],
 flags.DEFINE_float("color_var", 0.020, "Colour variance sigma^2 of Colored-MNIST (0..1 scale).")
 flags.DEFINE_string("data_dir", "./data", "Folder of the Colored-MNIST .npy files (read, or "
                     "generated and cached there).")
-flags.DEFINE_string("mnist_dir", None, "Folder with the four MNIST IDX files. Default: "
-                    "$LNTL_MNIST_DIR, else ./data/mnist, else downloaded there.")
+flags.DEFINE_string("mnist_dir", None, "Folder with the four MNIST IDX files (or mnist.npz). "
+                    "Default: $LNTL_MNIST_DIR, else ./data/mnist, else downloaded there.")
 flags.DEFINE_string("log_dir", "./logs", "TensorBoard logs go to <log_dir>/<exp_name>/.")
 flags.DEFINE_string("checkpoint_dir", "./checkpoints",
                     "Checkpoints go to <checkpoint_dir>/<exp_name>/.")
@@ -171,6 +171,10 @@ def main(argv):
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("\nerror: interrupted twice: stopped without saving; the last checkpoint "
+              "is the last one written", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -318,6 +318,11 @@ class LNTLModel:
                             {"bias_loss": bias_loss}]
 
     @property
+    def trains_bias_heads(self):
+        """The colour heads of baseline and gray are never trained: no figures for them."""
+        return self.config.method in ("lntl", "blindeye")
+
+    @property
     def loss_names(self):
         return [name for losses in self.step_losses for name in losses]
 
@@ -388,7 +393,7 @@ class LNTLModel:
 
     def _warm_start(self, init_checkpoint):
         """Load f and g (weights and batch-norm statistics) from a trained checkpoint."""
-        path = resolve_checkpoint(init_checkpoint)
+        path = resolve_checkpoint(init_checkpoint, "--init_checkpoint")
         _check_checkpoint_matches(path, self.graph, self.warm_start_variables)
         _restore(self.warm_start_saver, self.sess, path)
         print(f"Started f and g from {path}")
@@ -422,15 +427,17 @@ class LNTLModel:
         confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
         np.add.at(confusion, (split.labels, digits), 1)
         per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
-        scored = split.bias_labels != data_loader.IGNORE_LABEL
-        colour_hits = (colour_bins == split.bias_labels) & scored
-        return {
+        result = {
             "accuracy": float(confusion.trace() / max(confusion.sum(), 1)),
             "per_class_accuracy": [float(a) for a in per_class],
             "confusion_matrix": confusion.tolist(),
-            "colour_bin_accuracy": float(colour_hits.sum() / max(scored.sum(), 1)),
             "num_samples": int(len(split)),
         }
+        if self.trains_bias_heads:  # share of foreground colour bins h still reads
+            scored = split.bias_labels != data_loader.IGNORE_LABEL
+            hits = (colour_bins == split.bias_labels) & scored
+            result["colour_bin_accuracy"] = float(hits.sum() / max(scored.sum(), 1))
+        return result
 
     # ------------------------------------------------------------------------
     # Training
@@ -453,21 +460,31 @@ class LNTLModel:
                   f"{cfg.precision}; logs in {cfg.run_log_dir}, checkpoints in "
                   f"{cfg.run_checkpoint_dir}", flush=True)
             writers = {name: self._summary_writer(name) for name in ("train", "test")}
-            writers["train"].add_graph(self.graph)
+            if not resumed:
+                writers["train"].add_graph(self.graph)
+            if epoch >= cfg.max_epoch:
+                print(f"Already trained {epoch} of --max_epoch={cfg.max_epoch} epochs: "
+                      "nothing to do. Raise --max_epoch to train further.")
             try:
                 while epoch < cfg.max_epoch and not stop.requested:
                     skip = step - epoch * steps_per_epoch
+                    learning_rate = self.sess.run(self.learning_rate)
                     stats = self._train_epoch(train_split, epoch, skip, steps_per_epoch,
                                               writers["train"], stop)
                     if stop.requested:
                         break
                     epoch, step = self.sess.run([self.next_epoch, self.global_step])
-                    self._end_epoch(epoch, step, stats, test_split, writers["test"])
+                    accuracy = self._end_epoch(epoch, step, learning_rate, stats, test_split,
+                                               writers["test"])
+                    with stop.saving():
+                        self.save()
+                        self._save_if_best(accuracy, epoch)
             finally:
                 for writer in writers.values():
                     writer.close()
             if stop.requested:
-                path = self.save()
+                with stop.saving():
+                    path = self.save()
                 print(f"\nStopped by {stop.signal_name}: saved {path}. "
                       "Run the same command again to resume.")
                 return stop.exit_code
@@ -514,36 +531,37 @@ class LNTLModel:
         progress.close()
         steps = max(seen // cfg.batch_size, 1)
         stats = {name: total / steps for name, total in totals.items()}
+        stats["steps"], stats["resumed_mid_epoch"] = steps, skip > 0
         stats["train_accuracy"] = correct / max(seen, 1)
         stats["seconds"] = time.time() - start
         return stats
 
-    def _end_epoch(self, epoch, step, stats, test_split, writer):
-        """Evaluate, log one line, write TensorBoard, save the epoch's checkpoint."""
+    def _end_epoch(self, epoch, step, learning_rate, stats, test_split, writer):
+        """Evaluate, log one line and write TensorBoard; returns the test accuracy."""
         result = self.evaluate(test_split)
-        learning_rate = self.sess.run(self.learning_rate)
         values = {"test/accuracy": result["accuracy"],
                   "epoch/train_accuracy": stats["train_accuracy"],
                   "epoch/seconds": stats["seconds"],
                   "epoch/learning_rate": learning_rate}
         values.update({"epoch/" + name: stats[name] for name in self.loss_names})
-        # The colour heads of baseline and gray are never trained: no figures for them.
-        trains_bias_heads = self.config.method in ("lntl", "blindeye")
-        picture = self.colour_map_summary if trains_bias_heads else self.input_summary
-        if trains_bias_heads:
+        picture = self.colour_map_summary if self.trains_bias_heads else self.input_summary
+        if self.trains_bias_heads:
             values["test/colour_bin_accuracy"] = result["colour_bin_accuracy"]
         sample = next(data_loader.iterate_batches(test_split, 8))
-        writer.add_summary(self.sess.run(picture, self.feed(sample)), epoch)
-        writer.add_summary(utils.scalar_summary(values), epoch)
+        # Global step on every x-axis, so that training and test curves line up.
+        writer.add_summary(self.sess.run(picture, self.feed(sample)), step)
+        writer.add_summary(utils.scalar_summary(values), step)
         writer.flush()
 
         losses = "  ".join(f"{name} {stats[name]:.4f}" for name in self.loss_names)
-        colour = f"colour_acc {result['colour_bin_accuracy']:.4f}  " if trains_bias_heads else ""
+        colour = (f"colour_acc {result['colour_bin_accuracy']:.4f}  "
+                  if self.trains_bias_heads else "")
+        partial = (f"  (the last {stats['steps']} steps, after resuming)"
+                   if stats["resumed_mid_epoch"] else "")
         print(f"epoch {epoch:3d}/{self.config.max_epoch}  lr {learning_rate:.2g}  {losses}  "
               f"train_acc {stats['train_accuracy']:.4f}  test_acc {result['accuracy']:.4f}  "
-              f"{colour}{stats['seconds']:.1f}s", flush=True)
-        self.save()
-        self._save_if_best(result["accuracy"], epoch)
+              f"{colour}{stats['seconds']:.1f}s{partial}", flush=True)
+        return result["accuracy"]
 
     def _summary_writer(self, name):
         with self.graph.as_default():  # FileWriter refuses to work in eager mode
@@ -578,7 +596,11 @@ class LNTLModel:
         Writes test_results.json and confusion_matrix.png beside the checkpoint and
         the same figures to TensorBoard; returns the results.
         """
-        path = resolve_checkpoint(checkpoint or self.config.run_checkpoint_dir)
+        if checkpoint:
+            path = resolve_checkpoint(checkpoint)
+        else:
+            path = resolve_checkpoint(self.config.run_checkpoint_dir,
+                                      "--checkpoint_dir and --exp_name; train first")
         self.restore(path)
         epoch, step = self.sess.run([self.epoch, self.global_step])
         results = {"checkpoint": path, "method": self.config.method,
@@ -634,16 +656,15 @@ def _check_finite(losses, step):
                 "checkpoint is the last good one. Try a lower --lr.")
 
 
-def resolve_checkpoint(path):
+def resolve_checkpoint(path, flag="--checkpoint"):
     """A checkpoint prefix from a prefix or a folder; CheckpointError if there is none."""
     if os.path.exists(path + ".index"):
         return path
     prefix = tf1.train.latest_checkpoint(path) if os.path.isdir(path) else None
     if prefix is None:
         raise CheckpointError(
-            f"no checkpoint in {os.path.abspath(path)} (expected a folder holding a "
-            "'checkpoint' file, or a prefix such as model.ckpt-468): train first with "
-            "--phase=train, or pass --checkpoint")
+            f"no checkpoint in {os.path.abspath(path)} (from {flag}): expected a folder "
+            "holding a 'checkpoint' file, or a prefix such as model.ckpt-468")
     return prefix
 
 

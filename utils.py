@@ -1,5 +1,6 @@
 """Run housekeeping that is not the algorithm: locks, signals, atomic files, figures."""
 
+import contextlib
 import errno
 import fcntl
 import io
@@ -10,6 +11,8 @@ import tempfile
 
 import matplotlib
 import tensorflow as tf
+
+import data_loader
 
 matplotlib.use("Agg")  # figures go to files; no display is needed or expected
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
@@ -55,7 +58,11 @@ class ExperimentLock:
 
 
 class StopSignals:
-    """Turns SIGINT and SIGTERM into a request to stop after the current step."""
+    """Turns SIGINT and SIGTERM into a request to stop after the current step.
+
+    A second signal stops at once, without saving, except while a checkpoint is
+    being written (`with stop.saving():`), which is always allowed to finish.
+    """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -63,14 +70,23 @@ class StopSignals:
         self.requested = False
         self.signal_name = None
         self.exit_code = 0
+        self._saving = False
         self._previous = {}
 
     def _handle(self, signum, frame):
-        if self.requested:  # a second Ctrl-C means: stop now, do not save
+        if self.requested and not self._saving:
             raise KeyboardInterrupt
         self.requested = True
-        self.signal_name = signal.Signals(signum).name
-        self.exit_code = 128 + signum
+        self.signal_name = self.signal_name or signal.Signals(signum).name
+        self.exit_code = self.exit_code or 128 + signum
+
+    @contextlib.contextmanager
+    def saving(self):
+        self._saving = True
+        try:
+            yield
+        finally:
+            self._saving = False
 
     def __enter__(self):
         for signum in self.SIGNALS:
@@ -90,7 +106,7 @@ def write_bytes_atomic(path, data):
     try:
         with os.fdopen(handle, "wb") as temp:
             temp.write(data)
-        os.replace(temp_path, path)
+        data_loader.publish(temp_path, path)
     except BaseException:
         os.unlink(temp_path)
         raise

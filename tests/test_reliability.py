@@ -185,6 +185,26 @@ def test_divergence_stops_naming_step_and_loss_and_keeps_the_last_checkpoint(
     assert folder_bytes(config.run_checkpoint_dir) == saved
 
 
+def test_a_second_signal_stops_at_once_but_never_inside_a_save():
+    with utils.StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested and stop.exit_code == 128 + signal.SIGINT
+        with stop.saving():
+            os.kill(os.getpid(), signal.SIGTERM)  # ignored: the save must finish
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert stop.signal_name == "SIGINT"
+
+
+def test_written_files_are_readable_like_any_new_file(tmp_path):
+    path = tmp_path / "result.json"
+    utils.write_json_atomic(str(path), {"accuracy": 0.5})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
+    assert os.listdir(tmp_path) == ["result.json"]  # no temporary file left behind
+
+
 def test_second_run_on_the_same_folder_is_refused(tmp_path, tiny_splits):
     config = tiny_config(tmp_path)
     os.makedirs(config.run_checkpoint_dir)
