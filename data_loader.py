@@ -538,7 +538,7 @@ def load_splits(color_var, data_dir="./data", mnist_dir=None, seed=0, gray=False
                 max_train=None, max_test=None):
     """Train, unbiased test, biased test (own-class colours) and grey test splits.
 
-    With gray=True (the Gray baseline) 'train' and 'test' are grey copies.
+    With gray=True (the Gray baseline) 'train', 'test' and 'test_biased' are grey copies.
     max_train / max_test keep only the first that many samples.
     """
     for name, cap in (("max_train", max_train), ("max_test", max_test)):
@@ -552,8 +552,9 @@ def load_splits(color_var, data_dir="./data", mnist_dir=None, seed=0, gray=False
     rng = np.random.default_rng([seed, TEST_BIASED_STREAM])
     own_colors = sample_colors(test_label, color_var, rng)
     test_biased = paint(_brightest_channel(test_gray), own_colors)
-    if gray:
+    if gray:  # the Gray baseline sees grey images only, in training and in every test
         train_image, test_image = grayscale(train_image), grayscale(test_image)
+        test_biased = grayscale(test_biased)
     return {
         "train": _make_split(train_image, train_label),
         "test": _make_split(test_image, test_label),

@@ -485,10 +485,10 @@ def test_load_splits_gray(cache_dir, colored):
     np.testing.assert_array_equal(splits["test"].images,
                                   data_loader.grayscale(colored["test_image"][:200]))
     np.testing.assert_array_equal(splits["test_gray"].images, colored["test_gray"][:200])
+    coloured_biased = data_loader.load_splits(COLOR_VAR, data_dir=cache_dir, max_train=1,
+                                              max_test=200)["test_biased"].images
     np.testing.assert_array_equal(splits["test_biased"].images,
-                                  data_loader.load_splits(COLOR_VAR, data_dir=cache_dir,
-                                                          max_train=1, max_test=200)
-                                  ["test_biased"].images)
+                                  data_loader.grayscale(coloured_biased))
 
 
 @pytest.mark.parametrize("caps", [{"max_train": 0}, {"max_test": -5}])
