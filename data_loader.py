@@ -11,6 +11,7 @@ Images stay uint8 all the way to the graph, which normalises with MEAN and STD.
 
 import gzip
 import hashlib
+import math
 import http.client
 import os
 import struct
@@ -110,7 +111,7 @@ def read_idx(path):
                         f"found {len(content)} bytes (truncated)")
     shape = struct.unpack(f">{expected_ndim}I", content[4:header_bytes])
 
-    expected_payload = int(np.prod(shape))
+    expected_payload = math.prod(shape)  # Python integers: no overflow on absurd headers
     payload = len(content) - header_bytes
     if payload != expected_payload:
         problem = "truncated" if payload < expected_payload else "trailing bytes"
@@ -151,7 +152,7 @@ def read_mnist_npz(path):
 def _read_npz_arrays(path):
     try:
         loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise DataError(f"{path}: expected an npz archive, cannot read it ({error})") from error
     if not isinstance(loaded, np.lib.npyio.NpzFile):
         raise DataError(f"{path}: expected an npz archive, found a single array")
@@ -244,10 +245,14 @@ def find_mnist_dir(mnist_dir=None, download=True):
 
 
 def _missing_mnist_message(folder):
-    names = ", ".join(stem + ".gz" for stem in MNIST_FILES.values())
-    return (f"{os.path.abspath(folder)}: expected MNIST files {names} (gzipped or not) "
-            f"or {MNIST_NPZ}, found none. Put them there, or point --mnist_dir or "
-            f"${MNIST_DIR_ENV} at a folder that has them.")
+    names = [stem + ".gz" for stem in MNIST_FILES.values()]
+    missing = [name for name, stem in zip(names, MNIST_FILES.values())
+               if not any(os.path.isfile(os.path.join(folder, candidate))
+                          for candidate in (stem + ".gz", stem))]
+    found = "none" if len(missing) == len(names) else f"no {', '.join(missing)}"
+    return (f"{os.path.abspath(folder)}: expected MNIST files {', '.join(names)} (gzipped "
+            f"or not) or {MNIST_NPZ}, found {found}. Put them there, or point --mnist_dir "
+            f"or ${MNIST_DIR_ENV} at a folder that has them.")
 
 
 def download_mnist(dest_dir):
@@ -388,6 +393,9 @@ def load_colored_mnist(path):
     }
     _check_counts(path, colored, ("train_image", "train_label"))
     _check_counts(path, colored, ("test_image", "test_label", "test_gray"))
+    for key in ("train_image", "test_image"):
+        if len(colored[key]) == 0:
+            raise DataError(f"{path}: expected at least one image in {key}, found none")
     return colored
 
 

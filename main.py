@@ -9,6 +9,7 @@ Every flag's default is in `python main.py --helpshort`; README.md explains them
 """
 
 import contextlib
+import math
 import os
 import sys
 
@@ -108,27 +109,28 @@ class FlagError(ValueError):
 
 # Errors the user can act on: one line, no traceback.
 USER_ERRORS = (data_loader.DataError, model.CheckpointError, model.TrainingDiverged,
-               utils.ExperimentBusy, FlagError)
+               utils.ExperimentBusy, FlagError, OSError, tf.errors.PermissionDeniedError)
 
 
-def _require_positive(name):
-    flags.register_validator(name, lambda value: value is None or value > 0,
-                             message=f"--{name} must be positive")
+def _validate(name, check, expectation):
+    """Refuse --name at parse time unless check(value); None means the default."""
+    flags.register_validator(name, lambda value: value is None or check(value),
+                             message=f"--{name} {expectation}")
 
 
 for _name in ("color_var", "max_epoch", "batch_size", "eval_batch_size", "lr",
               "lr_decay_epochs", "max_train_samples", "max_test_samples", "summary_every",
               "keep_checkpoints"):
-    _require_positive(_name)
+    _validate(_name, lambda value: 0 < value < math.inf, "must be positive")
 for _name in ("lr_decay_rate", "weight_decay", "momentum", "loss_lambda", "loss_mu",
-              "grl_scale", "threads"):
-    flags.register_validator(_name, lambda value: value >= 0,
-                             message=f"--{_name} must not be negative")
-flags.register_validator("color_var", lambda value: value <= 1.0,
-                         message="--color_var is a variance on the 0..1 colour scale: "
-                         "expected at most 1 (the paper uses 0.020 to 0.050)")
-
-
+              "grl_scale", "seed", "data_seed"):
+    _validate(_name, lambda value: 0 <= value < math.inf, "must be a finite number >= 0")
+_validate("threads", lambda value: 0 <= value <= 256, "must be 0 (TensorFlow decides) to 256")
+_validate("color_var", lambda value: value <= 1 and round(value, 3) == value,
+          "must be a multiple of 0.001 in (0, 1]: the data file name keeps three decimals "
+          "(the paper uses 0.020 to 0.050)")
+_validate("exp_name", lambda name: name not in (".", "..") and "/" not in name
+          and os.sep not in name, "must be a plain folder name (no '/', not '.' or '..')")
 def config_from_flags():
     fields = model.Config.__dataclass_fields__
     return model.Config(**{name: FLAGS[name].value for name in fields})
@@ -158,10 +160,24 @@ def print_test_report(results):
           f"{os.path.dirname(results['checkpoint'])}")
 
 
+def make_folders(config):
+    """Create the output folders first: a flag that names a file fails here, in one line."""
+    folders = {"--data_dir": config.data_dir, "--checkpoint_dir": config.run_checkpoint_dir,
+               "--log_dir": config.run_log_dir}
+    for flag, folder in folders.items():
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise FlagError(f"{flag}: cannot make the folder {folder}: a file is in "
+                            "the way") from None
+
+
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}: every option is a --flag")
     config = config_from_flags()
     try:
+        make_folders(config)
         splits = load_data(config)
         trainer = model.LNTLModel(config)
         if FLAGS.phase == "train":
@@ -172,8 +188,8 @@ def main(argv):
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\nerror: interrupted twice: stopped without saving; the last checkpoint "
-              "is the last one written", file=sys.stderr)
+        print("\nerror: interrupted: stopped without saving; the checkpoints already "
+              "written are intact", file=sys.stderr)
         return 130
 
 

@@ -21,6 +21,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import time
 
 import numpy as np
@@ -186,6 +187,8 @@ class LNTLModel:
             self._build_summaries()
             self.saver = tf1.train.Saver(max_to_keep=config.keep_checkpoints)
             self.best_saver = tf1.train.Saver(max_to_keep=1)
+            self.weights_finite = {v.op.name: tf.reduce_all(tf.math.is_finite(v))
+                                   for v in tf1.trainable_variables()}
             self.warm_start_variables = network_variables("f") + network_variables("g")
             self.warm_start_saver = tf1.train.Saver(self.warm_start_variables)
             self.init_op = tf1.global_variables_initializer()
@@ -378,7 +381,7 @@ class LNTLModel:
         Returns the checkpoint path restored, or None.
         """
         sess = self._session()
-        path = tf1.train.latest_checkpoint(self.config.run_checkpoint_dir)
+        path = latest_checkpoint_in(self.config.run_checkpoint_dir)
         if path is not None:
             self.restore(path)
             return path
@@ -388,7 +391,7 @@ class LNTLModel:
         return None
 
     def restore(self, path):
-        _check_checkpoint_matches(path, self.graph)
+        _check_checkpoint_matches(path, self.graph, exact=True)
         _restore(self.saver, self._session(), path)
 
     def _warm_start(self, init_checkpoint):
@@ -498,8 +501,10 @@ class LNTLModel:
         if not (resumed and os.path.exists(path)):
             utils.write_json_atomic(path, settings)
             return
-        with open(path) as record:
-            started = json.load(record)
+        started = _read_json(path)
+        if not started:
+            print(f"{path} is unreadable; left as it is")
+            return
         changes = [f"{name} {started.get(name)} -> {value}"
                    for name, value in settings.items() if started.get(name) != value]
         if changes:
@@ -512,23 +517,23 @@ class LNTLModel:
             drop_remainder=True, skip_batches=skip)
         totals = {name: 0.0 for name in self.loss_names}
         seen, correct, start = 0, 0, time.time()
-        progress = tqdm(batches, total=steps_per_epoch, initial=skip, leave=False,
-                        desc=f"epoch {epoch + 1}/{cfg.max_epoch}", dynamic_ncols=True)
-        for batch in progress:
-            step = epoch * steps_per_epoch + skip + seen // cfg.batch_size
-            losses, batch_correct = self.train_step(batch)
-            _check_finite(losses, step + 1)
-            if step % cfg.summary_every == 0:
-                writer.add_summary(utils.scalar_summary(
-                    {"train/" + name: value for name, value in losses.items()}), step)
-            for name, value in losses.items():
-                totals[name] += value
-            seen += len(batch[1])
-            correct += batch_correct
-            progress.set_postfix(loss=f"{losses['label_loss']:.3f}", refresh=False)
-            if stop.requested:
-                break
-        progress.close()
+        # The context closes the bar on any exit, so an error line starts on its own line.
+        with tqdm(batches, total=steps_per_epoch, initial=skip, leave=False,
+                  desc=f"epoch {epoch + 1}/{cfg.max_epoch}", dynamic_ncols=True) as progress:
+            for batch in progress:
+                step = epoch * steps_per_epoch + skip + seen // cfg.batch_size
+                losses, batch_correct = self.train_step(batch)
+                _check_finite(losses, step + 1)
+                if step % cfg.summary_every == 0:
+                    writer.add_summary(utils.scalar_summary(
+                        {"train/" + name: value for name, value in losses.items()}), step)
+                for name, value in losses.items():
+                    totals[name] += value
+                seen += len(batch[1])
+                correct += batch_correct
+                progress.set_postfix(loss=f"{losses['label_loss']:.3f}", refresh=False)
+                if stop.requested:
+                    break
         steps = max(seen // cfg.batch_size, 1)
         stats = {name: total / steps for name, total in totals.items()}
         stats["steps"], stats["resumed_mid_epoch"] = steps, skip > 0
@@ -568,6 +573,14 @@ class LNTLModel:
             return tf1.summary.FileWriter(os.path.join(self.config.run_log_dir, name))
 
     def save(self):
+        """Checkpoint the run, unless a weight is NaN or infinite (then TrainingDiverged)."""
+        finite = self.sess.run(self.weights_finite)
+        if not all(finite.values()):
+            broken = ", ".join(name for name, ok in finite.items() if not ok)
+            raise TrainingDiverged(
+                f"weights became NaN or infinite ({broken}) by step "
+                f"{self.sess.run(self.global_step)}; not saved, so the last checkpoint "
+                "is the last good one. Try a lower --lr, --loss_lambda or --grl_scale.")
         path = os.path.join(self.config.run_checkpoint_dir, "model.ckpt")
         return self.saver.save(self.sess, path, global_step=self.global_step)
 
@@ -578,10 +591,8 @@ class LNTLModel:
         """
         best_dir = os.path.join(self.config.run_checkpoint_dir, "best")
         record_path = os.path.join(best_dir, "best.json")
-        if os.path.exists(record_path):
-            with open(record_path) as record:
-                if json.load(record)["accuracy"] >= accuracy:
-                    return
+        if _read_json(record_path).get("accuracy", -1.0) >= accuracy:
+            return
         os.makedirs(best_dir, exist_ok=True)
         self.best_saver.save(self.sess, os.path.join(best_dir, "model.ckpt"),
                              global_step=self.global_step)
@@ -656,11 +667,34 @@ def _check_finite(losses, step):
                 "checkpoint is the last good one. Try a lower --lr.")
 
 
+def latest_checkpoint_in(folder):
+    """The newest checkpoint prefix in a folder, or None.
+
+    TensorFlow's 'checkpoint' index names it. When that index is damaged, or names
+    files that are gone (a moved folder), the highest-numbered complete checkpoint
+    there is used: a run never starts afresh over checkpoints it could resume.
+    """
+    try:
+        prefix = tf1.train.latest_checkpoint(folder)
+    except (ValueError, tf.errors.OpError):  # an empty or damaged index
+        prefix = None
+    if prefix is not None or not os.path.isdir(folder):
+        return prefix
+    steps = [int(match.group(1)) for name in os.listdir(folder)
+             if (match := re.fullmatch(r"model\.ckpt-(\d+)\.index", name))]
+    if not steps:
+        return None
+    prefix = os.path.join(folder, f"model.ckpt-{max(steps)}")
+    print(f"note: the 'checkpoint' index in {folder} is missing or damaged; using the "
+          f"newest checkpoint files there, {prefix}")
+    return prefix
+
+
 def resolve_checkpoint(path, flag="--checkpoint"):
     """A checkpoint prefix from a prefix or a folder; CheckpointError if there is none."""
     if os.path.exists(path + ".index"):
         return path
-    prefix = tf1.train.latest_checkpoint(path) if os.path.isdir(path) else None
+    prefix = latest_checkpoint_in(path)
     if prefix is None:
         raise CheckpointError(
             f"no checkpoint in {os.path.abspath(path)} (from {flag}): expected a folder "
@@ -668,24 +702,38 @@ def resolve_checkpoint(path, flag="--checkpoint"):
     return prefix
 
 
-def _check_checkpoint_matches(path, graph, variables=None):
-    """Every variable must be in the checkpoint with the same shape, else CheckpointError."""
+def _check_checkpoint_matches(path, graph, variables=None, exact=False):
+    """Every variable must be in the checkpoint with the same shape, else CheckpointError.
+
+    With `exact`, the checkpoint must hold nothing else either: one written by
+    another method carries variables (h's momentum, say) that this graph lacks.
+    """
     try:
         stored = dict(tf1.train.list_variables(path))
     except (tf.errors.OpError, ValueError) as error:
         raise CheckpointError(f"cannot read checkpoint {path}: {_first_line(error)}")
     if variables is None:
         variables = graph.get_collection(tf1.GraphKeys.GLOBAL_VARIABLES)
+    other_method = (f"it was written by --method={_trained_method(path)}"
+                    if _trained_method(path) else "it was written by another method")
     for variable in variables:
         name = variable.op.name
         if name not in stored:
-            raise CheckpointError(
-                f"checkpoint {path} has no variable {name}: it was written by another "
-                "method or version of the network")
+            raise CheckpointError(f"checkpoint {path} has no variable {name}: {other_method}")
         if list(stored[name]) != variable.shape.as_list():
             raise CheckpointError(
                 f"checkpoint {path} stores {name} with shape {stored[name]}, "
                 f"expected {variable.shape.as_list()}")
+    extra = sorted(set(stored) - {variable.op.name for variable in variables})
+    if exact and extra:
+        raise CheckpointError(f"checkpoint {path} holds {extra[0]} and {len(extra) - 1} more "
+                              f"variables that this graph lacks: {other_method}")
+
+
+def _trained_method(checkpoint_path):
+    """The --method recorded in config.json beside a checkpoint, if any."""
+    return _read_json(os.path.join(os.path.dirname(checkpoint_path), "config.json")).get(
+        "method")
 
 
 def _restore(saver, sess, path):
@@ -695,5 +743,20 @@ def _restore(saver, sess, path):
         raise CheckpointError(f"cannot restore checkpoint {path}: {_first_line(error)}")
 
 
+def _read_json(path):
+    """A JSON record as a dict; {} when it is missing or unreadable (it is rewritten)."""
+    try:
+        with open(path) as record:
+            value = json.load(record)
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def _first_line(error):
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    """The informative first line of an error; TensorFlow's start with boilerplate."""
+    message = getattr(error, "message", None) or str(error)
+    boilerplate = ("Graph execution error", "Detected at node", "File ", "Node:", "[[")
+    lines = [line.strip() for line in message.splitlines()
+             if line.strip() and not line.strip().startswith(boilerplate)]
+    return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")

@@ -410,6 +410,9 @@ def with_change(data, key, value):
      "found {'train_image': 200, 'train_label': 199}"),
     (lambda d: with_change(d, "test_label", d["test_label"].astype(str)),
      "expected test_label to be numeric, found dtype <U"),
+    (lambda d: with_change(with_change(d, "test_image", d["test_image"][:0]), "test_label",
+                           d["test_label"][:0]) | {"test_gray": d["test_gray"][:0]},
+     "expected at least one image in test_image, found none"),
 ])
 def test_load_colored_mnist_rejects_bad_content(tmp_path, small_colored, make_content,
                                                  expected):
@@ -607,6 +610,21 @@ def test_find_mnist_dir_rejects_named_folder_without_files(no_mnist_env, monkeyp
 
     monkeypatch.setenv(data_loader.MNIST_DIR_ENV, str(empty))
     assert str(empty) in error_message(data_loader.find_mnist_dir)
+
+
+def test_find_mnist_dir_names_the_one_missing_file(no_mnist_env):
+    partial = no_mnist_env / "partial"
+    partial.mkdir()
+    write_tiny_mnist(partial)
+    os.remove(partial / "t10k-labels-idx1-ubyte.gz")
+    message = error_message(data_loader.find_mnist_dir, str(partial))
+    assert "found no t10k-labels-idx1-ubyte.gz." in message
+
+
+def test_read_mnist_npz_rejects_a_broken_zip(tmp_path):
+    path = write_file(tmp_path / "mnist.npz", b"PK\x03\x04 then nothing of a zip")
+    message = error_message(data_loader.read_mnist_npz, path)
+    assert path in message and "expected an npz archive" in message
 
 
 def test_find_mnist_dir_without_copy_or_download(no_mnist_env):
