@@ -51,54 +51,71 @@ import utils  # noqa: E402
 if "log_dir" in flags.FLAGS:
     delattr(flags.FLAGS, "log_dir")
 
+# One source of truth for defaults: the Config that model.py runs on.
+DEFAULTS = {name: field.default for name, field in model.Config.__dataclass_fields__.items()}
+
 flags.DEFINE_enum("phase", "train", ["train", "test"], "train, or test a checkpoint.")
-flags.DEFINE_enum("method", "lntl", ["baseline", "lntl", "gray", "blindeye"],
+flags.DEFINE_enum("method", DEFAULTS["method"], list(model.METHODS),
                   "baseline: label loss only; lntl: Learning Not to Learn; gray: baseline on "
                   "grey digits; blindeye: Alvi et al. 2018 confusion loss.")
-flags.DEFINE_float("color_var", 0.020, "Colour variance sigma^2 of Colored-MNIST (0..1 scale).")
-flags.DEFINE_string("data_dir", "./data", "Folder of the Colored-MNIST .npy files (read, or "
-                    "generated and cached there).")
-flags.DEFINE_string("mnist_dir", None, "Folder with the four MNIST IDX files (or mnist.npz). "
-                    "Default: $LNTL_MNIST_DIR, else ./data/mnist, else downloaded there.")
-flags.DEFINE_string("log_dir", "./logs", "TensorBoard logs go to <log_dir>/<exp_name>/.")
-flags.DEFINE_string("checkpoint_dir", "./checkpoints",
+flags.DEFINE_float("color_var", DEFAULTS["color_var"],
+                   "Colour variance sigma^2 of Colored-MNIST (0..1 scale).")
+flags.DEFINE_string("data_dir", DEFAULTS["data_dir"],
+                    "Folder of the Colored-MNIST .npy files (read, or generated and cached).")
+flags.DEFINE_string("mnist_dir", DEFAULTS["mnist_dir"],
+                    "Folder with the four MNIST IDX files (or mnist.npz). Default: "
+                    "$LNTL_MNIST_DIR, else ./data/mnist, else downloaded there.")
+flags.DEFINE_string("log_dir", DEFAULTS["log_dir"],
+                    "TensorBoard logs go to <log_dir>/<exp_name>/.")
+flags.DEFINE_string("checkpoint_dir", DEFAULTS["checkpoint_dir"],
                     "Checkpoints go to <checkpoint_dir>/<exp_name>/.")
-flags.DEFINE_string("exp_name", "", "Experiment name. Default: <method>_var<color_var>.")
+flags.DEFINE_string("exp_name", DEFAULTS["exp_name"],
+                    "Experiment name. Default: <method>_var<color_var>.")
 flags.DEFINE_string("checkpoint", "", "Test phase: checkpoint prefix or folder to test. "
                     "Default: the latest in <checkpoint_dir>/<exp_name>/.")
-flags.DEFINE_string("init_checkpoint", "", "Start f and g from this checkpoint (prefix or "
-                    "folder), e.g. a trained baseline, as the authors do for unlearning.")
-flags.DEFINE_integer("max_epoch", 100, "Number of training epochs.")
-flags.DEFINE_integer("batch_size", 128, "Training batch size.")
-flags.DEFINE_integer("eval_batch_size", 1000, "Evaluation batch size (speed only).")
-flags.DEFINE_float("lr", None, "Learning rate. Default: 0.01 for baseline and gray, "
-                   "0.001 for lntl and blindeye.")
-flags.DEFINE_float("lr_decay_rate", 0.1, "Learning rate multiplied by this ...")
-flags.DEFINE_integer("lr_decay_epochs", 40, "... every this many epochs.")
-flags.DEFINE_float("weight_decay", 5e-4, "L2 weight decay on convolution and dense kernels.")
-flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
-flags.DEFINE_float("loss_lambda", 0.01, "Weight of the entropy (mutual-information) loss "
-                   "for lntl, of the confusion loss for blindeye.")
-flags.DEFINE_float("loss_mu", 1.0, "Weight of the bias-prediction loss.")
-flags.DEFINE_float("grl_scale", 0.1, "Gradient reversal: f receives -grl_scale x the bias "
-                   "loss gradient.")
-flags.DEFINE_boolean("single_pass", False, "lntl only: both updates of an iteration from one "
-                     "forward pass, applied together (about a quarter faster); the default "
-                     "is the authors' two passes. See README for how the two compare.")
-flags.DEFINE_integer("seed", 0, "Seed of weight initialisation and batch order.")
-flags.DEFINE_integer("data_seed", 0, "Seed of the colours when Colored-MNIST is generated; "
-                     "0 writes the authors' file name, others add _seed<N>.")
-flags.DEFINE_integer("max_train_samples", None, "Use only the first N training images "
-                     "(quick runs). Default: all.")
-flags.DEFINE_integer("max_test_samples", None, "Use only the first N test images. "
-                     "Default: all.")
-flags.DEFINE_integer("summary_every", 50, "Write training scalars every N steps.")
-flags.DEFINE_integer("keep_checkpoints", 3, "How many recent checkpoints to keep.")
-flags.DEFINE_enum("precision", "auto", ["auto", "float32", "bfloat16"],
+flags.DEFINE_string("init_checkpoint", DEFAULTS["init_checkpoint"],
+                    "Start f and g from this checkpoint (prefix or folder), e.g. a trained "
+                    "baseline, as the authors do for unlearning.")
+flags.DEFINE_integer("max_epoch", DEFAULTS["max_epoch"], "Number of training epochs.")
+flags.DEFINE_integer("batch_size", DEFAULTS["batch_size"], "Training batch size.")
+flags.DEFINE_integer("eval_batch_size", DEFAULTS["eval_batch_size"],
+                     "Evaluation batch size (speed only).")
+flags.DEFINE_float("lr", DEFAULTS["lr"], "Learning rate. Default: 0.01 for baseline and "
+                   "gray, 0.001 for lntl and blindeye.")
+flags.DEFINE_float("lr_decay_rate", DEFAULTS["lr_decay_rate"],
+                   "Learning rate multiplied by this ...")
+flags.DEFINE_integer("lr_decay_epochs", DEFAULTS["lr_decay_epochs"],
+                     "... every this many epochs.")
+flags.DEFINE_float("weight_decay", DEFAULTS["weight_decay"],
+                   "L2 weight decay on convolution and dense kernels.")
+flags.DEFINE_float("momentum", DEFAULTS["momentum"], "SGD momentum.")
+flags.DEFINE_float("loss_lambda", DEFAULTS["loss_lambda"],
+                   "Weight of the entropy (mutual-information) loss for lntl, of the "
+                   "confusion loss for blindeye.")
+flags.DEFINE_float("loss_mu", DEFAULTS["loss_mu"], "Weight of the bias-prediction loss.")
+flags.DEFINE_float("grl_scale", DEFAULTS["grl_scale"],
+                   "Gradient reversal: f receives -grl_scale x the bias loss gradient.")
+flags.DEFINE_boolean("single_pass", DEFAULTS["single_pass"],
+                     "lntl only: both updates of an iteration from one forward pass, applied "
+                     "together (about a quarter faster); the default is the authors' two "
+                     "passes. README compares the two.")
+flags.DEFINE_integer("seed", DEFAULTS["seed"], "Seed of weight initialisation and batch order.")
+flags.DEFINE_integer("data_seed", DEFAULTS["data_seed"],
+                     "Seed of the colours when Colored-MNIST is generated; 0 writes the "
+                     "authors' file name, others add _seed<N>.")
+flags.DEFINE_integer("max_train_samples", DEFAULTS["max_train_samples"],
+                     "Use only the first N training images (quick runs). Default: all.")
+flags.DEFINE_integer("max_test_samples", DEFAULTS["max_test_samples"],
+                     "Use only the first N test images. Default: all.")
+flags.DEFINE_integer("summary_every", DEFAULTS["summary_every"],
+                     "Write training scalars every N steps.")
+flags.DEFINE_integer("keep_checkpoints", DEFAULTS["keep_checkpoints"],
+                     "How many recent checkpoints to keep.")
+flags.DEFINE_enum("precision", DEFAULTS["precision"], ["auto", "float32", "bfloat16"],
                   "Arithmetic of convolutions and matmuls. auto: bfloat16 on a CPU with "
                   "AMX-BF16 units (several times faster there), else float32.")
-flags.DEFINE_integer("threads", 0, "TensorFlow intra- and inter-op threads; 0 lets "
-                     "TensorFlow choose.")
+flags.DEFINE_integer("threads", DEFAULTS["threads"],
+                     "TensorFlow intra- and inter-op threads; 0 lets TensorFlow choose.")
 
 FLAGS = flags.FLAGS
 
