@@ -35,8 +35,12 @@ def quiet_stderr(enabled):
 
 # Set TF_CPP_MIN_LOG_LEVEL=0 to see TensorFlow's own log lines.
 _QUIET_TF = os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2") != "0"
-with quiet_stderr(_QUIET_TF):
-    import tensorflow as tf
+try:
+    with quiet_stderr(_QUIET_TF):
+        import tensorflow as tf
+except KeyboardInterrupt:
+    print("\ninterrupted while starting; nothing was written", file=sys.stderr)
+    sys.exit(130)
 
 tf.compat.v1.disable_eager_execution()  # a TF1 program: one static graph, run in sessions
 if _QUIET_TF:
