@@ -181,16 +181,12 @@ def print_test_report(results):
           f"{os.path.dirname(results['checkpoint'])}")
 
 
-def make_folders(config):
-    """Create the output folders first: a flag that names a file fails here, in one line."""
-    folders = {"--data_dir": config.data_dir, "--checkpoint_dir": config.run_checkpoint_dir,
-               "--log_dir": config.run_log_dir}
-    for flag, folder in folders.items():
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            raise FlagError(f"{flag}: cannot make the folder {folder}: a file is in "
-                            "the way") from None
+def make_folder(flag, folder):
+    """Create an output folder early: a flag that names a file fails here, in one line."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise FlagError(f"{flag}: cannot make the folder {folder}: a file is in the way") from None
 
 
 def main(argv):
@@ -198,10 +194,12 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments {argv[1:]}: every option is a --flag")
     config = config_from_flags()
     try:
-        make_folders(config)
+        make_folder("--data_dir", config.data_dir)
         splits = load_data(config)
         trainer = model.LNTLModel(config)
         if FLAGS.phase == "train":
+            make_folder("--checkpoint_dir", config.run_checkpoint_dir)
+            make_folder("--log_dir", config.run_log_dir)
             return trainer.train(splits)
         print_test_report(trainer.test(splits, FLAGS.checkpoint))
         return 0

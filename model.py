@@ -455,7 +455,7 @@ class LNTLModel:
             resumed = self.restore_or_initialize()
             self._record_config(resumed)
             epoch, step = self.sess.run([self.epoch, self.global_step])
-            if resumed:
+            if resumed and epoch < cfg.max_epoch:
                 _check_resume_fits(resumed, epoch, step, steps_per_epoch)
                 print(f"Resumed from {resumed} at epoch {epoch + 1}, step {step}")
             print(f"Training {cfg.method} on variance {cfg.color_var:.3f}: "
@@ -505,8 +505,8 @@ class LNTLModel:
         if not started:
             print(f"{path} is unreadable; left as it is")
             return
-        changes = [f"{name} {started.get(name)} -> {value}"
-                   for name, value in settings.items() if started.get(name) != value]
+        changes = [f"{name} {started.get(name)} -> {value}" for name, value in settings.items()
+                   if started.get(name) != value and name != "max_epoch"]  # raised to extend
         if changes:
             print(f"Resuming with settings that differ from {path}: {', '.join(changes)}")
 

@@ -78,6 +78,7 @@ def test_test_phase_without_checkpoint_names_the_folder(colored_data_dir, tmp_pa
     assert "no checkpoint in" in result.stderr
     assert os.path.join("checkpoints", "lntl_var0.020") in result.stderr
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "checkpoints").exists()  # testing creates no run folders
 
 
 def test_bad_flag_is_refused_before_any_work(tmp_path):
@@ -103,7 +104,8 @@ def test_sigterm_saves_and_the_same_command_resumes(colored_data_dir, tmp_path):
     saved_step = int(stdout.split("model.ckpt-")[-1].split(".")[0])
     assert saved_step >= 20  # the signal came after the first epoch's checkpoint
 
+    # 20 steps an epoch: resume into the epoch that the signal cut short.
     resumed = run_main(*[f for f in flags if not f.startswith("--max_epoch")],
-                       "--max_epoch=1", workdir=tmp_path)
+                       f"--max_epoch={saved_step // 20 + 1}", workdir=tmp_path)
+    assert f"Resumed from ./checkpoints/lntl_var0.020/model.ckpt-{saved_step} " in resumed.stdout
     assert f"step {saved_step}" in resumed.stdout
-    assert "nothing to do" in resumed.stdout

@@ -154,6 +154,16 @@ def test_damaged_init_checkpoint_is_refused_by_name(tmp_path, tiny_splits):
         train(lntl, tiny_splits)
 
 
+def test_a_finished_run_says_there_is_nothing_to_do(tmp_path, tiny_splits, capsys):
+    config = tiny_config(tmp_path)
+    train(config, tiny_splits)
+    capsys.readouterr()
+    assert train(config, tiny_splits) == 0
+    output = capsys.readouterr().out
+    assert "Already trained 1 of --max_epoch=1 epochs: nothing to do" in output
+    assert "Resumed from" not in output
+
+
 def test_partial_save_leaves_the_previous_checkpoint_in_use(tmp_path, tiny_splits):
     """A run killed while saving step 99 has written files but not the 'checkpoint'
     index, which TensorFlow replaces atomically last: resuming takes the last good one."""
