@@ -9,6 +9,7 @@ labels (the 14x14 quantised colour targets of the bias heads) as numpy batches.
 Images stay uint8 all the way to the graph, which normalises with MEAN and STD.
 """
 
+import contextlib
 import gzip
 import hashlib
 import math
@@ -263,26 +264,25 @@ def download_mnist(dest_dir):
             _download_verified(stem, target)
 
 
+class _ChecksumMismatch(Exception):
+    """A downloaded file's content is not the one expected."""
+
+
 def _download_verified(stem, target):
     """Tries each mirror in turn; only a file whose content has the right MD5 is kept."""
     failures = []
     for mirror in MNIST_MIRRORS:
         url = mirror + stem + ".gz"
-        fd, temp_path = tempfile.mkstemp(dir=os.path.dirname(target) or ".",
-                                         prefix=f".{stem}.", suffix=".part")
         try:
-            with os.fdopen(fd, "wb") as temp_file:
+            with atomic_file(target) as temp_file:
                 _fetch(url, temp_file)
-            found_md5 = _uncompressed_md5(temp_path)
-            if found_md5 == MNIST_MD5[stem]:
-                publish(temp_path, target)
-                return
-            failures.append(f"{url}: expected MD5 {MNIST_MD5[stem]}, found {found_md5}")
-        except (OSError, http.client.HTTPException) as error:
+                temp_file.flush()
+                found_md5 = _uncompressed_md5(temp_file.name)
+                if found_md5 != MNIST_MD5[stem]:
+                    raise _ChecksumMismatch(f"expected MD5 {MNIST_MD5[stem]}, found {found_md5}")
+            return
+        except (OSError, http.client.HTTPException, _ChecksumMismatch) as error:
             failures.append(f"{url}: {error}")
-        finally:
-            if os.path.exists(temp_path):
-                os.remove(temp_path)
         print(f"Download failed: {failures[-1]}")
     raise DataError(f'{target}: could not download from any mirror ({"; ".join(failures)})')
 
@@ -353,27 +353,33 @@ def colored_mnist_path(data_dir, color_var, seed=0):
     return os.path.join(data_dir, f"mnist_10color_jitter_var_{color_var:.3f}{suffix}.npy")
 
 
-def publish(temp_path, path):
-    """Rename a finished temporary file onto `path`, readable as a new file would be
-    (mkstemp creates it private, mode 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temp_path, 0o666 & ~umask)
-    os.replace(temp_path, path)
+@contextlib.contextmanager
+def atomic_file(path):
+    """A binary file that becomes `path` only when the block ends without an error.
 
-
-def save_colored_mnist(path, data):
-    """np.save of the dict, written to a temp file first so a crash leaves no half file."""
-    folder = os.path.dirname(path) or "."
+    It is written beside `path` and renamed over it, so a crash never leaves half a
+    file; it gets the mode any new file would (mkstemp alone makes it private).
+    """
+    folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, temp_path = tempfile.mkstemp(dir=folder, prefix=".colored_mnist.", suffix=".part")
+    handle, temp_path = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")
+    os.close(handle)
     try:
-        with os.fdopen(fd, "wb") as temp_file:
-            np.save(temp_file, data, allow_pickle=True)
-        publish(temp_path, path)
+        with open(temp_path, "wb") as temp_file:
+            yield temp_file
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp_path, 0o666 & ~umask)
+        os.replace(temp_path, path)
     finally:
         if os.path.exists(temp_path):
             os.remove(temp_path)
+
+
+def save_colored_mnist(path, data):
+    """np.save of the dict, written atomically."""
+    with atomic_file(path) as out_file:
+        np.save(out_file, data, allow_pickle=True)
 
 
 def load_colored_mnist(path):

@@ -7,7 +7,6 @@ import io
 import json
 import os
 import signal
-import tempfile
 
 import matplotlib
 import tensorflow as tf
@@ -99,17 +98,9 @@ class StopSignals:
 
 
 def write_bytes_atomic(path, data):
-    """Write to a temporary file beside `path`, then rename: never a half-written file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temp_path = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    try:
-        with os.fdopen(handle, "wb") as temp:
-            temp.write(data)
-        data_loader.publish(temp_path, path)
-    except BaseException:
-        os.unlink(temp_path)
-        raise
+    """Never a half-written file: see data_loader.atomic_file."""
+    with data_loader.atomic_file(path) as out_file:
+        out_file.write(data)
 
 
 def write_json_atomic(path, value):

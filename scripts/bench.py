@@ -104,8 +104,7 @@ def bench_training(method, batch_size, splits, steps, repeats, precision, single
     config = model.Config(method=method, batch_size=batch_size, precision=precision,
                           checkpoint_dir="/nonexistent", single_pass=single_pass)
     trainer = model.LNTLModel(config)
-    trainer.sess = trainer._session()
-    trainer.sess.run(trainer.init_op)
+    trainer.restore_or_initialize()  # no checkpoint folder: fresh weights
     batches = data_loader.iterate_batches(splits["train"], batch_size, shuffle=True,
                                           drop_remainder=True)
 
